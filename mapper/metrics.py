@@ -1,0 +1,127 @@
+"""Verification metrics: ROC, TAR at fixed FAR (two conventions), EER, AUC.
+
+Scores are similarities (higher = more likely the same person); a pair is accepted when
+its score is >= the threshold. Two conventions for "TAR at FAR f" are offered, and every
+printed figure says which one it used:
+
+- ``"strict"`` (default): TAR at the lowest threshold whose FAR does not exceed f.
+- ``"ijbc"``: the convention of the widely used IJB-C evaluation scripts: the TPR of the
+  point of ``sklearn.metrics.roc_curve(labels, scores)`` whose FPR is nearest f.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STANDARD_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+CONVENTIONS = ("strict", "ijbc")
+
+
+def _split(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores)
+    labels = np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D of one length: {scores.shape} vs {labels.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or Inf")
+    genuine, impostor = scores[labels], scores[~labels]
+    if genuine.size == 0 or impostor.size == 0:
+        raise ValueError("need both genuine (label 1) and impostor (label 0) pairs")
+    return genuine, impostor
+
+
+def tar_at_far_strict(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float, float]:
+    """(TAR, achieved FAR, threshold) at the lowest threshold with FAR <= ``far``.
+
+    With k = floor(far * n_impostor) false accepts allowed and s the (k+1)-th highest
+    impostor score, every threshold <= s accepts k+1 impostors, and every threshold just
+    above s is allowed: TAR = P(genuine > s). One partition, O(n), no sort.
+    """
+    n_imp = impostor.size
+    k = int(np.floor(far * n_imp + 1e-9))
+    if k >= n_imp:
+        return 1.0, 1.0, -np.inf
+    s = np.partition(impostor, n_imp - 1 - k)[n_imp - 1 - k]
+    return float((genuine > s).mean()), float((impostor > s).sum() / n_imp), float(np.nextafter(s, np.inf))
+
+
+def roc(scores: np.ndarray, labels: np.ndarray, drop_intermediate: bool = True) -> tuple[np.ndarray, ...]:
+    """(fpr, tpr, thresholds) exactly as ``sklearn.metrics.roc_curve`` returns them.
+
+    Sorts float32/float64 scores once; ties share one ROC point.
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(scores, kind="stable")[::-1]
+    s = scores[order]
+    y = labels[order]
+    distinct = np.flatnonzero(np.diff(s)) if s.size > 1 else np.zeros(0, np.int64)
+    last = np.r_[distinct, s.size - 1]
+    tps = np.cumsum(y, dtype=np.int64)[last]
+    fps = last + 1 - tps
+    thresholds = s[last].astype(np.float64)
+    if drop_intermediate and fps.size > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
+    fps = np.r_[0, fps]
+    tps = np.r_[0, tps]
+    thresholds = np.r_[np.inf, thresholds]
+    return fps / fps[-1], tps / tps[-1], thresholds
+
+
+def tar_at_far_ijbc(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    """TPR at the ROC point whose FPR is nearest ``far`` (first such point on ties)."""
+    return float(tpr[int(np.argmin(np.abs(fpr - far)))])
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Summary of one verification experiment."""
+
+    tar: dict[float, float]
+    convention: str
+    eer: float
+    auc: float
+    n_genuine: int
+    n_impostor: int
+
+    def tar_label(self, far: float) -> str:
+        return f"TAR@FAR={far:g} ({self.convention})"
+
+
+def evaluate(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    fars: tuple[float, ...] = STANDARD_FARS,
+    convention: str = "strict",
+) -> Verification:
+    """TAR at each FAR in ``fars`` (by ``convention``), EER and AUC for one score set.
+
+    FARs finer than 1 / n_impostor cannot be measured and are reported as NaN.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    genuine, impostor = _split(scores, labels)
+    fpr, tpr, _ = roc(
+        np.r_[genuine, impostor], np.r_[np.ones(genuine.size, bool), np.zeros(impostor.size, bool)]
+    )
+    tar = {}
+    for far in fars:
+        if far * impostor.size < 1:
+            tar[far] = float("nan")
+        elif convention == "strict":
+            tar[far] = tar_at_far_strict(genuine, impostor, far)[0]
+        else:
+            tar[far] = tar_at_far_ijbc(fpr, tpr, far)
+    fnr = 1 - tpr
+    i = int(np.argmin(np.abs(fnr - fpr)))
+    return Verification(
+        tar=tar,
+        convention=convention,
+        eer=float((fnr[i] + fpr[i]) / 2),
+        auc=float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr)),
+        n_genuine=int(genuine.size),
+        n_impostor=int(impostor.size),
+    )

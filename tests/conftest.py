@@ -1,0 +1,32 @@
+"""Shared fixtures: real LFW embeddings from the face zoo, planted synthetic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapper.zoo import face_zoo_dir
+
+
+@pytest.fixture(scope="session")
+def face_zoo() -> Path:
+    path = face_zoo_dir()
+    if not (path / "embeddings" / "lfw-embeddings.npz").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"face zoo not found at {path}; set FACE_ZOO_DIR")
+        pytest.skip(f"face zoo not found at {path}; set FACE_ZOO_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lfw_embeddings(face_zoo: Path) -> dict[str, np.ndarray]:
+    with np.load(face_zoo / "embeddings" / "lfw-embeddings.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def random_orthogonal(rng: np.random.Generator, d: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))

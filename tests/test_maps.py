@@ -1,0 +1,175 @@
+"""LinearMap and RotationMap: planted maps, agreement with scipy/sklearn, the fast CV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.linalg import orthogonal_procrustes
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import KFold
+
+from mapper import AffineMap, LinearMap, RotationMap, compose
+
+from .conftest import random_orthogonal
+
+RAW = {"center": False, "normalize_input": False, "normalize_output": False}
+
+
+def test_recovers_planted_rotation_under_noise():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((4000, 64))
+    Q = random_orthogonal(rng, 64)
+    Y = X @ Q + 1e-3 * rng.standard_normal(X.shape)
+    m = RotationMap(scale=False, **RAW).fit(X, Y)
+    assert np.abs(m.weight_ - Q).max() < 1e-3
+    assert np.allclose(m.weight_.T @ m.weight_, np.eye(64), atol=1e-10)
+
+
+def test_recovers_planted_scale_and_offsets():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3000, 32)) + 5.0
+    Q = random_orthogonal(rng, 32)
+    shift = rng.standard_normal(32)
+    Y = 0.37 * (X - X.mean(0)) @ Q + shift
+    m = RotationMap(scale=True, center=True, normalize_input=False, normalize_output=False).fit(X, Y)
+    assert m.scale_ == pytest.approx(0.37, rel=1e-10)
+    np.testing.assert_allclose(m.transform(X), Y, atol=1e-9)
+    np.testing.assert_allclose(m.inverse_transform(Y), X, atol=1e-9)
+
+
+def test_rotation_matches_scipy_orthogonal_procrustes():
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((500, 40)), rng.standard_normal((500, 40))
+    R, _ = orthogonal_procrustes(X, Y)
+    m = RotationMap(scale=False, **RAW).fit(X, Y)
+    np.testing.assert_allclose(m.weight_, R, atol=1e-10)
+
+
+@pytest.mark.parametrize(("d_source", "d_target"), [(24, 40), (40, 24)])
+def test_rectangular_rotation_is_zero_padded_procrustes(d_source, d_target):
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((300, d_source)), rng.standard_normal((300, d_target))
+    d = max(d_source, d_target)
+    Xp = np.zeros((300, d))
+    Yp = np.zeros((300, d))
+    Xp[:, :d_source], Yp[:, :d_target] = X, Y
+    R, _ = orthogonal_procrustes(Xp, Yp)
+    m = RotationMap(scale=False, **RAW).fit(X, Y)
+    # Both maximise tr(W^T X^T Y): the padded solution's block is the semi-orthogonal map.
+    np.testing.assert_allclose(m.weight_, R[:d_source, :d_target], atol=1e-10)
+    k = min(d_source, d_target)
+    gram = m.weight_.T @ m.weight_ if d_source > d_target else m.weight_ @ m.weight_.T
+    np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
+
+
+def test_recovers_planted_linear_map_with_bias():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((5000, 48))
+    A = rng.standard_normal((48, 24))
+    b = rng.standard_normal(24)
+    Y = X @ A + b + 1e-3 * rng.standard_normal((5000, 24))
+    m = LinearMap(alpha=1e-9, center=True, normalize_input=False, normalize_output=False).fit(X, Y)
+    assert np.abs(m.weight_ - A).max() < 2e-4
+    assert np.abs(m.bias_ - b).max() < 2e-4
+
+
+def test_linear_matches_closed_form_ridge_and_sklearn():
+    rng = np.random.default_rng(6)
+    X, Y = rng.standard_normal((200, 30)), rng.standard_normal((200, 20))
+    alpha = 3.0
+    m = LinearMap(alpha=alpha, center=True, normalize_input=False, normalize_output=False).fit(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    closed = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(30), Xc.T @ Yc)
+    np.testing.assert_allclose(m.weight_, closed, rtol=1e-10, atol=1e-12)
+    ridge = Ridge(alpha=alpha, fit_intercept=True).fit(X, Y)
+    np.testing.assert_allclose(m.weight_, ridge.coef_.T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(m.bias_, ridge.intercept_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(m.transform(X), ridge.predict(X), rtol=1e-8, atol=1e-10)
+
+
+def test_fast_cv_equals_brute_force_folds():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 25))
+    Y = X @ rng.standard_normal((25, 15)) + 0.5 * rng.standard_normal((300, 15))
+    alphas = (0.01, 1.0, 10.0, 100.0)
+    m = LinearMap(alphas=alphas, cv=4, random_state=3, normalize_input=False, normalize_output=False).fit(
+        X, Y
+    )
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    brute = np.zeros(len(alphas))
+    for tr, va in KFold(4, shuffle=True, random_state=3).split(Xc):
+        for i, a in enumerate(alphas):
+            W = np.linalg.solve(Xc[tr].T @ Xc[tr] + a * np.eye(25), Xc[tr].T @ Yc[tr])
+            brute[i] += ((Xc[va] @ W - Yc[va]) ** 2).sum()
+    np.testing.assert_allclose(m.cv_mse_, brute / 300, rtol=1e-8)
+    assert m.alpha_ == alphas[int(np.argmin(brute))]
+
+
+def test_cv_picks_strong_ridge_for_pure_noise_and_weak_for_clean_data():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((400, 20))
+    noise = LinearMap(normalize_input=False).fit(X, rng.standard_normal((400, 20)))
+    clean = LinearMap(normalize_input=False).fit(X, X @ rng.standard_normal((20, 20)))
+    assert noise.alpha_ > 10 * clean.alpha_
+
+
+def test_group_cv_uses_identities():
+    rng = np.random.default_rng(9)
+    X, Y = rng.standard_normal((100, 8)), rng.standard_normal((100, 8))
+    groups = np.repeat(np.arange(20), 5)
+    m = LinearMap(cv=5).fit(X, Y, groups=groups)
+    assert m.fit_info_["n_identities"] == 20
+    assert m.fit_info_["cv_folds"] == 5
+
+
+def test_dtype_is_preserved_and_float32_matches_float64():
+    rng = np.random.default_rng(10)
+    X, Y = rng.standard_normal((500, 16)), rng.standard_normal((500, 12))
+    m = LinearMap(alpha=1.0).fit(X, Y)
+    out32 = m.transform(X.astype(np.float32))
+    out64 = m.transform(X)
+    assert out32.dtype == np.float32 and out64.dtype == np.float64
+    np.testing.assert_allclose(out32, out64, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out64, axis=1), 1.0, atol=1e-12)
+
+
+def test_transform_equals_explicit_preprocessing():
+    rng = np.random.default_rng(11)
+    X, Y = rng.standard_normal((300, 10)) + 2, rng.standard_normal((300, 6)) - 1
+    m = RotationMap().fit(X, Y)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    expected = (Xn - m.source_mean_) @ m.weight_ + m.target_mean_
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(m.transform(X), expected, atol=1e-12)
+
+
+def test_compose_equals_applying_in_turn():
+    rng = np.random.default_rng(12)
+    X, Y, Z = (rng.standard_normal((200, d)) for d in (10, 12, 8))
+    first = LinearMap(alpha=1.0, normalize_output=False).fit(X, Y)
+    second = RotationMap(normalize_input=False).fit(Y, Z)
+    composed = compose(first, second)
+    assert isinstance(composed, AffineMap)
+    np.testing.assert_allclose(composed.transform(X), second.transform(first.transform(X)), atol=1e-12)
+    with pytest.raises(ValueError, match="not normalised"):
+        compose(LinearMap(alpha=1.0).fit(X, Y), second)
+
+
+def test_centering_matters_for_real_dlib_embeddings(lfw_embeddings):
+    """The face zoo's finding: maps into dlib need mean-centring."""
+    from sklearn.metrics import roc_auc_score
+
+    ids = np.array([n.rsplit("_", 1)[0] for n in lfw_embeddings["names"]])
+    fit = np.isin(ids, np.unique(ids)[::2])
+    src, dst = lfw_embeddings["sface-2021dec-int8bq"], lfw_embeddings["dlib-resnet-v1"]
+    ev = np.flatnonzero(~fit)[:1500]
+    same = ids[ev][:, None] == ids[ev][None, :]
+    iu = np.triu_indices(len(ev), 1)
+    target = dst[ev] / np.linalg.norm(dst[ev], axis=1, keepdims=True)
+    aucs = {}
+    for center in (True, False):
+        m = LinearMap(center=center).fit(src[fit], dst[fit])
+        scores = (m.transform(src[ev]) @ target.T)[iu]
+        aucs[center] = roc_auc_score(same[iu], scores)
+    assert aucs[True] > 0.98
+    assert aucs[True] > aucs[False] + 0.01
