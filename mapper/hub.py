@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from .maps import AffineMap, EmbeddingMap, LinearMap, RotationMap, compose
+from .maps import AffineMap, LinearMap, compose, procrustes
 from .validation import EmbeddingError, FitError, check_embeddings, l2_normalize
 
 HUB_KINDS = ("rotation", "linear")
@@ -81,21 +81,22 @@ class CanonicalSpace(BaseEstimator):
         start = prepared[widest][0][:, :dim]
         Z[:, : start.shape[1]] = start
         Z *= np.sqrt(n) / np.linalg.norm(Z)
-        rotations: dict[str, RotationMap] = {}
+        weights: dict[str, np.ndarray] = {}
         change, it = np.inf, 0
         while it < self.max_iter and change >= self.tol:
             it += 1
-            rotations = {m: _procrustes(xc, Z) for m, (xc, _) in prepared.items()}
-            Z_new = np.mean([rotations[m]._predict_centered(xc) for m, (xc, _) in prepared.items()], axis=0)
+            Z_new = np.zeros_like(Z)
+            for m, (xc, _) in prepared.items():
+                rotation, scale, _ = procrustes(xc, Z)
+                weights[m] = rotation * scale
+                Z_new += xc @ weights[m]
             Z_new *= np.sqrt(n) / np.linalg.norm(Z_new)
             change = float(np.linalg.norm(Z_new - Z) / np.sqrt(n))
             Z = Z_new
         self.n_iter_ = it
         self.dim_ = dim
         self.models_ = list(prepared)
-        self.legs_ = {
-            m: self._legs(m, xc, mean, Z, rotations[m], groups) for m, (xc, mean) in prepared.items()
-        }
+        self.legs_ = {m: self._legs(m, xc, mean, Z, weights[m], groups) for m, (xc, mean) in prepared.items()}
         self.fit_info_ = {
             "n_pairs": n,
             "n_identities": int(np.unique(groups).size) if groups is not None else None,
@@ -111,23 +112,27 @@ class CanonicalSpace(BaseEstimator):
         xc: np.ndarray,
         mean: np.ndarray,
         Z: np.ndarray,
-        rotation: RotationMap | None,
+        weight: np.ndarray | None,
         groups: Any,
     ) -> tuple[AffineMap, AffineMap]:
+        """Forward and backward legs of one model, given its rotation (times scale) onto Z."""
         if self.kind == "rotation":
-            to_hub: EmbeddingMap = rotation if rotation is not None else _procrustes(xc, Z)
-            back_weight = to_hub._inverse_weight()
-            residual = to_hub.fit_info_["relative_residual"]
-            fwd_info = {**to_hub.fit_info_}
-            back_info = {"scale": 1 / to_hub.scale_, "relative_residual": residual}
+            if weight is None:
+                rotation, scale, _ = procrustes(xc, Z)
+                weight = rotation * scale
+            scale = float(np.linalg.norm(weight[:, 0] if weight.shape[0] >= weight.shape[1] else weight[0]))
+            residual = float(((xc @ weight - Z) ** 2).sum() / (Z**2).sum())
+            fwd_weight, back_weight = weight, weight.T / scale**2
+            fwd_info = {"scale": scale, "relative_residual": residual}
+            back_info = {"scale": 1 / scale, "relative_residual": residual}
         else:
             to_hub = _raw_linear(self.alpha).fit(xc, Z, groups)
             back = _raw_linear(self.alpha).fit(Z, xc, groups)
-            back_weight = back.weight_
+            fwd_weight, back_weight = to_hub.weight_, back.weight_
             fwd_info, back_info = to_hub.fit_info_, back.fit_info_
         zeros = np.zeros(Z.shape[1])
         forward = AffineMap.from_params(
-            to_hub.weight_,
+            fwd_weight,
             mean,
             zeros,
             fit_info=fwd_info,
@@ -175,8 +180,7 @@ class CanonicalSpace(BaseEstimator):
         if Z.shape[0] != X.shape[0]:
             raise EmbeddingError(f"X has {X.shape[0]} rows, references have {Z.shape[0]}")
         xc, mean = self._prepare(X)
-        rotation = _procrustes(xc, Z) if self.kind == "rotation" else None
-        self.legs_[model] = self._legs(model, xc, mean, Z, rotation, groups)
+        self.legs_[model] = self._legs(model, xc, mean, Z, None, groups)
         self.models_.append(model)
         return self
 
@@ -200,10 +204,6 @@ class CanonicalSpace(BaseEstimator):
         if model not in self.legs_:
             raise EmbeddingError(f"model {model!r} is not in hub {self.name!r}; it has {self.models_}")
         return l2_normalize(self.legs_[model][0].transform(X), copy=False)
-
-
-def _procrustes(xc: np.ndarray, Z: np.ndarray) -> RotationMap:
-    return RotationMap(scale=True, center=False, normalize_input=False, normalize_output=False).fit(xc, Z)
 
 
 def _raw_linear(alpha: float | None) -> LinearMap:

@@ -126,8 +126,8 @@ class EmbeddingMap(TransformerMixin, BaseEstimator):
         """Map (n, d_source) source embeddings to (n, d_target) target-space embeddings.
 
         The output has X's float dtype (float32 in, float32 out). Works in row blocks so
-        that the normalisations run on cache-resident data; the input's squared norms
-        double as the NaN/Inf check (NaN and Inf propagate into them).
+        that the passes after the matmul run on cache-resident data; the input's squared
+        norms double as the NaN/Inf check (NaN and Inf propagate into them).
         """
         check_is_fitted(self, "weight_")
         X = check_embeddings(X, name="X", dim=self.n_features_in_, finite=False)
@@ -136,15 +136,22 @@ class EmbeddingMap(TransformerMixin, BaseEstimator):
         out = np.empty((X.shape[0], W.shape[1]), X.dtype)
         for start in range(0, X.shape[0], _BLOCK):
             xb, yb = X[start : start + _BLOCK], out[start : start + _BLOCK]
-            sq = np.einsum("ij,ij->i", xb, xb)
-            if not np.isfinite(sq).all():
+            norms = np.einsum("ij,ij->i", xb, xb)
+            if not np.isfinite(norms).all():
                 check_finite(X, "X")  # raises with the row numbers
                 raise EmbeddingError("X has values too large to normalise; rescale the input")
             np.matmul(xb, W, out=yb)
-            if self.normalize_input:
-                sq[sq == 0] = 1
-                yb /= np.sqrt(sq)[:, None]
-            yb += bias
+            if not self.normalize_input:
+                yb += bias
+            elif self.normalize_output:
+                # xW/|x| + b and xW + |x|b differ by the positive factor |x| per row, which the
+                # output normalisation removes: one pass saved.
+                yb += np.multiply.outer(np.sqrt(norms, out=norms), bias)
+            else:
+                np.sqrt(norms, out=norms)
+                norms[norms == 0] = 1
+                yb *= (1 / norms)[:, None]
+                yb += bias
             if self.normalize_output:
                 l2_normalize(yb, copy=False)
         return out
@@ -311,7 +318,7 @@ class RotationMap(EmbeddingMap):
         self.scale = scale
 
     def _fit_centered(self, Xc: np.ndarray, Yc: np.ndarray, groups: Any) -> dict[str, Any]:
-        U, S, Vt = np.linalg.svd(Xc.T @ Yc, full_matrices=False)
+        rotation, scale, S = procrustes(Xc, Yc, self.scale)
         reference = np.sqrt(
             self._sum_of_squares(Xc, self.source_mean_) * self._sum_of_squares(Yc, self.target_mean_)
         )
@@ -326,8 +333,6 @@ class RotationMap(EmbeddingMap):
                 UnderdeterminedWarning,
                 stacklevel=3,
             )
-        rotation = U @ Vt
-        scale = float(S.sum() / (Xc**2).sum()) if self.scale else 1.0
         self.rotation_ = rotation
         self.scale_ = scale
         self.weight_ = rotation * scale
@@ -340,6 +345,17 @@ class RotationMap(EmbeddingMap):
         super()._load_state(tensors, fit_info)
         self.scale_ = float(fit_info["scale"])
         self.rotation_ = self.weight_ / self.scale_
+
+
+def procrustes(Xc: np.ndarray, Yc: np.ndarray, scale: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
+    """(rotation, scale, singular values) minimising ``|scale * Xc @ rotation - Yc|``.
+
+    ``rotation`` is (d_x, d_y) with orthonormal rows or columns: ``U V^T`` from the SVD of
+    ``Xc^T Yc``, which maximises ``tr(R^T Xc^T Yc)`` (Procrustes on the zero-padded space).
+    """
+    U, S, Vt = np.linalg.svd(Xc.T @ Yc, full_matrices=False)
+    s = float(S.sum() / (Xc**2).sum()) if scale else 1.0
+    return U @ Vt, s, S
 
 
 class AffineMap(EmbeddingMap):

@@ -70,5 +70,5 @@ def l2_normalize(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     norms[norms == 0] = 1
     out = x.copy() if copy else x
-    out /= norms[:, None]
+    out *= (1 / norms)[:, None]  # one division per row, then multiplies
     return out
