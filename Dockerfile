@@ -1,18 +1,29 @@
-# The translation service image, for a GPU host beside a Triton server (NGC image).
-# Build: docker build -t face-mapper .
+# The translation service (mapper-serve). It applies maps with numpy and needs no GPU;
+# on a GPU host it runs beside Triton (see deploy/docker-compose.yml).
+#   docker build -t face-mapper .
+#   docker run -p 50051:50051 -p 9100:9100 -v maps:/data face-mapper
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-WORKDIR /app
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    MAPPER_HOST=0.0.0.0 \
+    MAPPER_PORT=50051 \
+    MAPPER_METRICS_PORT=9100 \
+    MAPPER_STORE=/data/maps.sqlite
 
-# torch is pinned to a CPU wheel: the service applies maps with numpy; torch only trains MLPs.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+WORKDIR /app
+# torch is an extra for training (mapper-train, MLP maps); the service does not import it.
 COPY pyproject.toml README.md ./
 COPY mapper ./mapper
 COPY service ./service
-RUN pip install .
+RUN pip install --no-cache-dir . \
+    && useradd --create-home --uid 10001 mapper \
+    && mkdir /data && chown mapper /data
 
-RUN useradd --create-home --uid 10001 mapper
-USER mapper
+USER 10001
+VOLUME /data
 EXPOSE 50051 9100
-ENTRYPOINT ["python", "-m", "mapper.demo"]
+HEALTHCHECK --interval=10s --timeout=3s \
+    CMD ["python", "-c", "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2)"]
+ENTRYPOINT ["mapper-serve"]

@@ -19,13 +19,16 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile
 
 bench: setup
 	$(BIN)/python benchmarks/bench_maps.py
+	$(BIN)/python benchmarks/bench_payload.py
+	$(BIN)/python benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out .cache

@@ -1,0 +1,141 @@
+"""Translate over loopback against a bare gRPC echo service carrying the same payload.
+
+Both servers run as separate processes with the same generated code and thread pool; the
+echo server parses the request and returns its embeddings unchanged, so the difference is
+what the translation service adds (map lookup, validation, the map itself, metrics).
+Prints embeddings/s and p50/p99 latency per batch size, and the ratio to the echo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mapper import LinearMap, io  # noqa: E402
+from service.client import MapperClient  # noqa: E402
+from service.gen import mapper_pb2 as pb  # noqa: E402
+from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
+from service.store import SQLiteMapStore  # noqa: E402
+
+
+class Echo(pb_grpc.MapperServiceServicer):
+    def Translate(self, request, context):  # noqa: N802
+        return pb.TranslateResponse(embeddings=request.embeddings, request_id=request.request_id)
+
+
+def run_echo(port_file: str) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_MapperServiceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    Path(port_file).write_text(str(port))
+    server.wait_for_termination()
+
+
+def wait_port(path: Path, proc: subprocess.Popen) -> int:
+    while not path.exists() or not path.read_text():
+        if proc.poll() is not None:
+            raise RuntimeError("server exited")
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def load(address: str, batch: int, clients: int, seconds: float) -> tuple[float, float, float]:
+    """(embeddings/s, p50 ms, p99 ms) of Translate calls from `clients` threads."""
+    x = np.random.default_rng(0).standard_normal((batch, 512)).astype(np.float32)
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with MapperClient(address) as c:
+            c.translate(x, "a", "b")  # warm-up
+            mine = []
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                c.translate(x, "a", "b")
+                mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    lat = np.array(latencies) * 1e3
+    return len(latencies) * batch / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0, help="per batch size and server")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.echo_server:
+        return run_echo(args.echo_server)
+
+    tmp = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    m = LinearMap(alpha=1.0, source_id="a", target_id="b").fit(
+        rng.standard_normal((2000, 512)), rng.standard_normal((2000, 512))
+    )
+    SQLiteMapStore(tmp / "maps.sqlite").publish(io.dumps(m))
+    procs = {
+        "translate": subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.server",
+                "--port",
+                "0",
+                "--port-file",
+                str(tmp / "t.port"),
+                "--store",
+                str(tmp / "maps.sqlite"),
+                "--metrics-port",
+                "-1",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+        ),
+        "echo": subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "e.port")], cwd=ROOT),
+    }
+    try:
+        ports = {
+            "translate": wait_port(tmp / "t.port", procs["translate"]),
+            "echo": wait_port(tmp / "e.port", procs["echo"]),
+        }
+        print(f"{args.clients} client threads, {args.seconds:.0f} s per point, 512-d float32, loopback")
+        print(f"{'batch':>6} {'server':<10} {'emb/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        for batch in (1, 32, 256):
+            res = {}
+            for name in ("echo", "translate"):
+                res[name] = load(f"127.0.0.1:{ports[name]}", batch, args.clients, args.seconds)
+                thr, p50, p99 = res[name]
+                print(f"{batch:>6} {name:<10} {thr:>10,.0f} {p50:>8.2f} {p99:>8.2f}")
+            print(f"{'':>6} translate / echo throughput: {res['translate'][0] / res['echo'][0]:.2f}x")
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()
