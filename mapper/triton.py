@@ -45,8 +45,9 @@ def bundled_server_dir() -> Path:
 class TritonServer:
     """``with TritonServer("model_repository") as triton: triton.url`` -> "127.0.0.1:port".
 
-    ``models`` limits loading to those names (explicit model control); ``weights_dir`` is
-    passed to the models as FACE_ZOO_DIR (default: the face zoo).
+    ``models`` limits loading to those names (explicit model control); ``weights_dir`` (a
+    folder of model folders; default <face zoo>/models) reaches the models as
+    MAPPER_WEIGHTS_DIR.
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class TritonServer:
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = models
-        self.weights_dir = Path(weights_dir) if weights_dir else face_zoo_dir()
+        self.weights_dir = Path(weights_dir) if weights_dir else face_zoo_dir() / "models"
         self.startup_timeout = startup_timeout
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,11 +78,14 @@ class TritonServer:
         assert self._workdir is not None
         return self._workdir / "tritonserver.log"
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 15) -> str:
+        """Error lines of the log (model load failures name their cause), then its last lines."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
+        errors = [ln for ln in text if ln.startswith("E") or "Error" in ln or "error" in ln]
+        return "\n".join([*errors[-lines:], "...", *text[-lines:]])
 
     def _backend_dir(self, server_dir: Path) -> Path:
         assert self._workdir is not None
@@ -127,7 +131,7 @@ class TritonServer:
             env.get("LD_LIBRARY_PATH", ""),
         )
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
-        env["FACE_ZOO_DIR"] = str(self.weights_dir)
+        env["MAPPER_WEIGHTS_DIR"] = str(self.weights_dir)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -20,8 +20,9 @@ from .zoo import face_zoo_dir
 
 
 def weights_dir(parameters: dict[str, Any]) -> Path:
-    """The config parameter ``weights_dir``, else $FACE_ZOO_DIR/models, else the face zoo's."""
+    """The config parameter ``weights_dir``, else $MAPPER_WEIGHTS_DIR, else <face zoo>/models."""
     configured = parameters.get("weights_dir", {}).get("string_value", "")
+    configured = configured or os.environ.get("MAPPER_WEIGHTS_DIR", "")
     return Path(configured) if configured else face_zoo_dir() / "models"
 
 

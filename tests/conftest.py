@@ -30,3 +30,13 @@ def lfw_embeddings(face_zoo: Path) -> dict[str, np.ndarray]:
 def random_orthogonal(rng: np.random.Generator, d: int) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
     return q * np.sign(np.diag(r))
+
+
+@pytest.fixture(scope="session")
+def triton(face_zoo: Path):
+    """A real tritonserver with every model of model_repository/, for the whole session."""
+    from mapper.triton import TritonServer
+
+    root = Path(__file__).resolve().parents[1]
+    with TritonServer(root / "model_repository", weights_dir=face_zoo / "models") as server:
+        yield server

@@ -1,0 +1,94 @@
+"""A tritonclient gRPC client for the face models: batching, concurrency, deadlines, retries."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
+
+
+class TritonUnavailableError(RuntimeError):
+    """Triton is down, unreachable or did not answer within the deadline."""
+
+
+class TritonModelError(RuntimeError):
+    """Triton answered with an error for this model or input (not retried)."""
+
+
+class TritonClient:
+    """``infer(model, input_name, output_name, x)`` on (n, ...) arrays of any n.
+
+    Splits ``x`` into chunks of ``batch_size`` rows, sends up to ``concurrency`` at once
+    (Triton's dynamic batcher merges them), gives each call ``timeout`` seconds and retries
+    UNAVAILABLE answers ``retries`` times with exponential backoff.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 2,
+        concurrency: int = 4,
+        batch_size: int = 16,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.batch_size = batch_size
+        self._client = tc.InferenceServerClient(url)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def is_ready(self, model: str | None = None) -> bool:
+        try:
+            if model:
+                return bool(self._client.is_model_ready(model, client_timeout=self.timeout))
+            return bool(self._client.is_server_ready(client_timeout=self.timeout))
+        except InferenceServerException:
+            return False
+
+    def _call(self, model: str, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
+        dtype = "BYTES" if x.dtype == object else np_to_triton_dtype(x.dtype)
+        inp = tc.InferInput(input_name, list(x.shape), dtype)
+        inp.set_data_from_numpy(x)
+        out = tc.InferRequestedOutput(output_name)
+        for attempt in range(self.retries + 1):
+            try:
+                result = self._client.infer(model, [inp], outputs=[out], client_timeout=self.timeout)
+                return result.as_numpy(output_name)
+            except InferenceServerException as e:
+                status = str(e.status())
+                if status == "StatusCode.DEADLINE_EXCEEDED":
+                    raise TritonUnavailableError(
+                        f"Triton at {self.url} did not answer {model!r} within {self.timeout:.0f} s"
+                    ) from e
+                if status in RETRYABLE and attempt < self.retries:
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                if status in RETRYABLE:
+                    raise TritonUnavailableError(f"Triton at {self.url} is unavailable: {e.message()}") from e
+                raise TritonModelError(f"{model}: {e.message()}") from e
+        raise AssertionError("unreachable")
+
+    def infer(self, model: str, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
+        """(n, ...) -> (n, ...) through ``model``, in order."""
+        if len(x) == 0:
+            raise ValueError("nothing to infer: empty batch")
+        chunks = [x[i : i + self.batch_size] for i in range(0, len(x), self.batch_size)]
+        futures = [self._pool.submit(self._call, model, input_name, output_name, c) for c in chunks]
+        return np.concatenate([f.result() for f in futures])

@@ -1,0 +1,157 @@
+"""Face CNNs on a real Triton server: equal to in-process, accurate on LFW, and failing
+clearly when Triton is down or weights are bad."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mapper import models
+from mapper.embed import FaceEmbedder, LocalBackend, TritonBackend
+from mapper.faces import WeightsError
+from mapper.protocols import read_lfw_pairs, view2_accuracy
+from mapper.runtimes import load
+from mapper.triton import TritonServer, TritonStartError
+from mapper.triton_client import TritonClient, TritonUnavailableError
+from mapper.zoo import identity_of
+
+EMBEDDERS = [m.name for m in models.BUILTIN]
+
+
+@pytest.fixture(scope="module")
+def lfw_images(face_zoo):
+    pairs = read_lfw_pairs(face_zoo / "lfw" / "pairs.csv")
+    # 100 same + 100 different pairs of fold 0, and every image they name.
+    pick = np.r_[0:100, 300:400]
+    names = sorted(set(pairs.left[pick]) | set(pairs.right[pick]))
+    data = {n: (face_zoo / "lfw" / "images" / n).read_bytes() for n in names}
+    return pairs, pick, names, data
+
+
+@pytest.fixture(scope="module")
+def embedded(triton, face_zoo, lfw_images):
+    _, _, names, data = lfw_images
+    images = [data[n] for n in names]
+    local = FaceEmbedder(LocalBackend(face_zoo / "models"))
+    with TritonClient(triton.url) as client:
+        remote = FaceEmbedder(TritonBackend(client))
+        return {m: (remote.embed(images, m), local.embed(images, m)) for m in EMBEDDERS}
+
+
+@pytest.mark.parametrize("model", EMBEDDERS)
+def test_triton_equals_in_process(embedded, model):
+    remote, local = embedded[model]
+    assert remote.failed == local.failed == []
+    np.testing.assert_array_equal(remote.detections, local.detections)
+    scale = np.abs(local.embeddings).max()
+    assert np.abs(remote.embeddings - local.embeddings).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("model", EMBEDDERS)
+def test_lfw_accuracy_through_triton(embedded, lfw_images, lfw_embeddings, model):
+    """On 200 View-2 pairs: far above chance and as good as the face zoo's in-process vectors."""
+    pairs, pick, names, _ = lfw_images
+    index = {n: i for i, n in enumerate(names)}
+    emb = embedded[model][0].embeddings
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    li, ri = [index[n] for n in pairs.left[pick]], [index[n] for n in pairs.right[pick]]
+    scores = np.einsum("ij,ij->i", emb[li], emb[ri])
+    zoo_index = {n: i for i, n in enumerate(lfw_embeddings["names"])}
+    ref = lfw_embeddings[model]
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    ref_scores = np.einsum(
+        "ij,ij->i",
+        ref[[zoo_index[n] for n in pairs.left[pick]]],
+        ref[[zoo_index[n] for n in pairs.right[pick]]],
+    )
+    same = pairs.same[pick]
+    auc, ref_auc = roc_auc_score(same, scores), roc_auc_score(same, ref_scores)
+    assert auc > 0.97
+    assert abs(auc - ref_auc) < 0.02
+
+
+def test_view2_accuracy_protocol_on_precomputed_embeddings(face_zoo, lfw_embeddings):
+    pairs = read_lfw_pairs(face_zoo / "lfw" / "pairs.csv")
+    assert len(pairs.same) == 6000 and pairs.same.sum() == 3000 and len(np.unique(pairs.fold)) == 10
+    assert all(
+        identity_of(a) == identity_of(b)
+        for a, b, s in zip(pairs.left, pairs.right, pairs.same, strict=True)
+        if s
+    )
+    index = {n: i for i, n in enumerate(lfw_embeddings["names"])}
+    emb = lfw_embeddings["mobilefacenet-arcface"]
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = np.einsum("ij,ij->i", emb[[index[n] for n in pairs.left]], emb[[index[n] for n in pairs.right]])
+    mean, std = view2_accuracy(scores, pairs)
+    assert 0.97 < mean <= 1.0 and std < 0.03
+    shuffled = view2_accuracy(np.random.default_rng(0).permutation(scores), pairs)[0]
+    assert shuffled < 0.56  # chance
+
+
+def test_images_without_a_face_are_reported(triton):
+    import cv2
+
+    blank = cv2.imencode(".png", np.full((120, 120, 3), 127, np.uint8))[1].tobytes()
+    with TritonClient(triton.url) as client:
+        result = FaceEmbedder(TritonBackend(client)).embed([blank, b"not an image"], "mobilefacenet-arcface")
+    assert result.failed == [0, 1]
+    assert not result.embeddings.any()
+
+
+def test_unreachable_triton_is_a_clear_error_within_the_deadline():
+    from tests.servers import free_port
+
+    with TritonClient(f"127.0.0.1:{free_port()}", timeout=3, retries=1) as client:
+        t0 = time.monotonic()
+        with pytest.raises(TritonUnavailableError, match="unavailable"):
+            client.infer(
+                "mobilefacenet-arcface", "faces", "embeddings", np.zeros((1, 3, 112, 112), np.float32)
+            )
+        assert time.monotonic() - t0 < 5
+
+
+def test_triton_killed_mid_call(face_zoo, tmp_path):
+    server = TritonServer(
+        "model_repository", models=["dlib-resnet-v1"], weights_dir=face_zoo / "models"
+    ).start()
+    chips = np.zeros((64, 150, 150, 3), np.uint8)
+    with TritonClient(server.url, timeout=20, retries=1, batch_size=64) as client:
+        import threading
+
+        threading.Timer(1.0, lambda: os.killpg(server.proc.pid, signal.SIGKILL)).start()
+        t0 = time.monotonic()
+        with pytest.raises(TritonUnavailableError):
+            for _ in range(20):
+                client.infer("dlib-resnet-v1", "chips", "embeddings", chips)
+        assert time.monotonic() - t0 < 25
+    server.stop()
+
+
+def _copy_weights(face_zoo, tmp_path, model):
+    for src in model.weight_paths(face_zoo / "models"):
+        dst = tmp_path / "models" / model.name / src.relative_to(face_zoo / "models" / model.name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    return tmp_path / "models"
+
+
+def test_corrupt_or_missing_weights_are_refused_with_their_path(face_zoo, tmp_path):
+    model = models.get("mobilefacenet-arcface")
+    weights = _copy_weights(face_zoo, tmp_path, model)
+    path = model.weight_paths(weights)[0]
+    with open(path, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\0\0\0\0")
+    with pytest.raises(WeightsError, match=f"{path}.*sha256 mismatch"):
+        load(model, weights)
+    with pytest.raises(TritonStartError, match="sha256 mismatch"):
+        TritonServer("model_repository", models=[model.name], weights_dir=weights, startup_timeout=60).start()
+    path.unlink()
+    with pytest.raises(WeightsError, match=f"{path}: missing"):
+        load(model, weights)
