@@ -92,7 +92,7 @@ class FaceEmbedder:
 
     def model(self, name: str) -> models.FaceModel:
         if name not in self.registry:
-            raise KeyError(f"unknown face model {name!r}; known: {sorted(self.registry)}")
+            raise models.UnknownModelError(f"unknown face model {name!r}; known: {sorted(self.registry)}")
         return self.registry[name]
 
     def chips(self, images: Sequence[bytes], model: models.FaceModel, detections: np.ndarray) -> list:

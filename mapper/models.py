@@ -30,6 +30,14 @@ import numpy as np
 
 RUNTIMES = ("onnxruntime", "opencv", "openvino", "dlib")
 
+
+class UnknownModelError(KeyError):
+    """A face model name that is neither built in nor declared in the models file."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
 #: Reference points (x, y) of the five landmarks in the aligned chip, by alignment name,
 #: for a chip of the size given beside them: right eye, left eye, nose, mouth corners
 #: (image-left first, as YuNet reports them).
@@ -245,5 +253,5 @@ def get(name: str, models_file: str | os.PathLike[str] | None = None) -> FaceMod
     if name == DETECTOR.name:
         return DETECTOR
     if name not in models:
-        raise KeyError(f"unknown face model {name!r}; known: {sorted(models)}")
+        raise UnknownModelError(f"unknown face model {name!r}; known: {sorted(models)}")
     return models[name]

@@ -30,6 +30,9 @@ from grpc_reflection.v1alpha import reflection
 
 from mapper import io
 from mapper.catalog import Catalog, MapNotFound
+from mapper.embed import FaceEmbedder, TritonBackend
+from mapper.models import UnknownModelError
+from mapper.triton_client import TritonClient, TritonUnavailableError
 from mapper.validation import check_embeddings, l2_normalize
 
 from . import convert
@@ -62,15 +65,12 @@ class Unauthenticated(Exception):
     """An admin call without the right token (UNAUTHENTICATED)."""
 
 
-class TritonUnavailable(Exception):
-    """The embedding backend is not configured or not reachable (UNAVAILABLE)."""
-
-
 STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (MapNotFound, grpc.StatusCode.NOT_FOUND),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (TritonUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (UnknownModelError, grpc.StatusCode.NOT_FOUND),
+    (TritonUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),  # EmbeddingError, MapFileError, bad fields
 ]
 
@@ -112,7 +112,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         *,
         admin_token: str | None = None,
         max_batch: int = 65536,
-        embedder: Callable[[str, list[bytes]], tuple[np.ndarray, list[int]]] | None = None,
+        embedder: FaceEmbedder | None = None,
     ) -> None:
         self.store = store
         self.admin_token = admin_token
@@ -236,13 +236,13 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     @rpc
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         if self.embedder is None:
-            raise TritonUnavailable("Embed needs a Triton server: start mapper-serve with --triton-url")
+            raise TritonUnavailableError("Embed needs a Triton server: start mapper-serve with --triton-url")
         if not request.images:
             raise ValueError("no images given")
         if len(request.images) > self.max_batch:
             raise LimitExceeded(f"{len(request.images)} images; the limit is {self.max_batch}")
-        emb, failed = self.embedder(request.model, list(request.images))
-        return pb.EmbedResponse(embeddings=convert.from_array(emb), failed=failed)
+        result = self.embedder.embed(list(request.images), request.model)
+        return pb.EmbedResponse(embeddings=convert.from_array(result.embeddings), failed=result.failed)
 
     @rpc
     def ListModels(
@@ -359,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("grace", 10.0)),
         help="seconds in-flight calls get to finish on SIGTERM",
     )
+    ap.add_argument(
+        "--triton-url",
+        default=_env("triton_url", None),
+        help="Triton gRPC address (host:port) serving the face models; enables Embed",
+    )
+    ap.add_argument(
+        "--weights-dir",
+        default=_env("weights_dir", None),
+        help="folder of model folders, for dlib's landmark model (default: <face zoo>/models)",
+    )
+    ap.add_argument(
+        "--triton-timeout",
+        type=float,
+        default=float(_env("triton_timeout", 30.0)),
+        help="seconds each Triton call may take before Embed answers UNAVAILABLE",
+    )
     ap.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
     ap.add_argument("--log-level", default=_env("log_level", "INFO"))
     return ap
@@ -380,7 +396,13 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
 
     store = SQLiteMapStore(args.store)
-    servicer = MapperServicer(store, admin_token=args.admin_token, max_batch=args.max_batch)
+    embedder = None
+    if args.triton_url:
+        client = TritonClient(args.triton_url, timeout=args.triton_timeout)
+        embedder = FaceEmbedder(TritonBackend(client), weights_dir=args.weights_dir)
+    servicer = MapperServicer(
+        store, admin_token=args.admin_token, max_batch=args.max_batch, embedder=embedder
+    )
     limit = args.max_message_mb * 2**20
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.workers),

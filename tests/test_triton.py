@@ -155,3 +155,43 @@ def test_corrupt_or_missing_weights_are_refused_with_their_path(face_zoo, tmp_pa
     path.unlink()
     with pytest.raises(WeightsError, match=f"{path}: missing"):
         load(model, weights)
+
+
+def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, embedded, tmp_path):
+    import grpc
+
+    from service.gen import mapper_pb2 as pb
+    from tests.servers import free_port, start_server
+
+    _, _, names, data = lfw_images
+    images = [data[n] for n in names[:12]]
+    srv = start_server(tmp_path, tmp_path / "maps.sqlite", "--triton-url", triton.url)
+    down = start_server(
+        tmp_path,
+        tmp_path / "maps2.sqlite",
+        "--triton-url",
+        f"127.0.0.1:{free_port()}",
+        "--triton-timeout",
+        "3",
+    )
+    try:
+        with srv.client() as c:
+            reply = c.stub.Embed(pb.EmbedRequest(model="sface-2021dec-int8bq", images=[*images, b"junk"]))
+            emb = np.frombuffer(reply.embeddings.data, "<f4").reshape(
+                reply.embeddings.rows, reply.embeddings.dim
+            )
+            np.testing.assert_allclose(
+                emb[:12], embedded["sface-2021dec-int8bq"][1].embeddings[:12], rtol=0, atol=1e-5
+            )
+            assert list(reply.failed) == [12] and not emb[12].any()
+            with pytest.raises(grpc.RpcError) as info:
+                c.stub.Embed(pb.EmbedRequest(model="no-such-cnn", images=images[:1]))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with down.client() as c:
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                c.stub.Embed(pb.EmbedRequest(model="sface-2021dec-int8bq", images=images[:1]))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() - t0 < 15
+    finally:
+        srv.stop()
+        down.stop()
