@@ -47,6 +47,51 @@ def tar_at_far_strict(genuine: np.ndarray, impostor: np.ndarray, far: float) -> 
     return float((genuine > s).mean()), float((impostor > s).sum() / n_imp), float(np.nextafter(s, np.inf))
 
 
+def _sorted_tar(g: np.ndarray, s: np.ndarray, far: float) -> float:
+    """:func:`tar_at_far_strict`'s TAR from ascending-sorted genuine ``g`` and impostor ``s``."""
+    k = int(np.floor(far * s.size + 1e-9))
+    if k >= s.size:
+        return 1.0
+    return float((g.size - np.searchsorted(g, s[s.size - 1 - k], side="right")) / g.size)
+
+
+def _sorted_auc(g: np.ndarray, s: np.ndarray) -> float:
+    """P(genuine > impostor) + P(equal) / 2, the area under the ROC (sklearn's value)."""
+    below = np.searchsorted(s, g, side="left").astype(np.float64)
+    ties = np.searchsorted(s, g, side="right") - below
+    return float((below + ties / 2).sum() / (g.size * s.size))
+
+
+def _sorted_eer(g: np.ndarray, s: np.ndarray) -> float:
+    """(FAR + FRR) / 2 at the score threshold where |FAR - FRR| is smallest.
+
+    FAR(t) = P(impostor >= t) falls and FRR(t) = P(genuine < t) rises with t, so the
+    crossing is found by binary search over each sorted score list; candidates around it
+    from both lists are then compared exactly.
+    """
+
+    def rates(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        far = (s.size - np.searchsorted(s, t, side="left")) / s.size
+        frr = np.searchsorted(g, t, side="left") / g.size
+        return far, frr
+
+    candidates = []
+    for values in (s, g):
+        lo, hi = 0, values.size - 1
+        while lo < hi:  # first index where FAR <= FRR
+            mid = (lo + hi) // 2
+            far, frr = rates(values[mid : mid + 1])
+            if far[0] <= frr[0]:
+                hi = mid
+            else:
+                lo = mid + 1
+        candidates.append(values[max(lo - 2, 0) : lo + 3])
+    t = np.concatenate(candidates)
+    far, frr = rates(t)
+    best = int(np.argmin(np.abs(far - frr)))
+    return float((far[best] + frr[best]) / 2)
+
+
 def roc(scores: np.ndarray, labels: np.ndarray, drop_intermediate: bool = True) -> tuple[np.ndarray, ...]:
     """(fpr, tpr, thresholds) exactly as ``sklearn.metrics.roc_curve`` returns them.
 
@@ -74,6 +119,13 @@ def roc(scores: np.ndarray, labels: np.ndarray, drop_intermediate: bool = True) 
 def tar_at_far_ijbc(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
     """TPR at the ROC point whose FPR is nearest ``far`` (first such point on ties)."""
     return float(tpr[int(np.argmin(np.abs(fpr - far)))])
+
+
+def tar_curve(scores: np.ndarray, labels: np.ndarray, fars: np.ndarray) -> np.ndarray:
+    """Strict-convention TAR at each FAR in ``fars`` (for ROC plots on a log-FAR axis)."""
+    genuine, impostor = _split(scores, labels)
+    g, s = np.sort(genuine), np.sort(impostor)
+    return np.array([_sorted_tar(g, s, f) if f * s.size >= 1 else np.nan for f in fars])
 
 
 @dataclass(frozen=True)
@@ -104,24 +156,23 @@ def evaluate(
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     genuine, impostor = _split(scores, labels)
-    fpr, tpr, _ = roc(
-        np.r_[genuine, impostor], np.r_[np.ones(genuine.size, bool), np.zeros(impostor.size, bool)]
-    )
+    g, s = np.sort(genuine), np.sort(impostor)
+    if convention == "ijbc":
+        both = np.r_[genuine, impostor]
+        fpr, tpr, _ = roc(both, np.r_[np.ones(genuine.size, bool), np.zeros(impostor.size, bool)])
     tar = {}
     for far in fars:
         if far * impostor.size < 1:
             tar[far] = float("nan")
         elif convention == "strict":
-            tar[far] = tar_at_far_strict(genuine, impostor, far)[0]
+            tar[far] = _sorted_tar(g, s, far)
         else:
             tar[far] = tar_at_far_ijbc(fpr, tpr, far)
-    fnr = 1 - tpr
-    i = int(np.argmin(np.abs(fnr - fpr)))
     return Verification(
         tar=tar,
         convention=convention,
-        eer=float((fnr[i] + fpr[i]) / 2),
-        auc=float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr)),
+        eer=_sorted_eer(g, s),
+        auc=_sorted_auc(g, s),
         n_genuine=int(genuine.size),
         n_impostor=int(impostor.size),
     )

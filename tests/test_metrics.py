@@ -89,3 +89,27 @@ def test_unmeasurable_far_is_nan_and_bad_input_refused():
         evaluate(np.array([np.nan, 1.0]), np.array([0, 1]))
     with pytest.raises(ValueError, match="convention"):
         evaluate(np.array([0.0, 1.0]), np.array([0, 1]), convention="nearest")
+
+
+def brute_eer(scores, labels):
+    best = None
+    for t in np.unique(scores):
+        far = ((scores >= t) & ~labels).sum() / (~labels).sum()
+        frr = ((scores < t) & labels).sum() / labels.sum()
+        if best is None or abs(far - frr) < best[0]:
+            best = (abs(far - frr), (far + frr) / 2)
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tied", [False, True])
+def test_auc_and_eer_against_sklearn_and_a_threshold_scan(seed, tied):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(2000) < 0.3
+    scores = rng.normal(labels * 1.2, 1.0)
+    if tied:
+        scores = np.round(scores, 1)
+    res = evaluate(scores, labels, fars=(1e-2,))
+    assert res.auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert res.eer == pytest.approx(brute_eer(scores, labels), abs=1e-12)
+    assert res.tar[1e-2] == pytest.approx(brute_strict(scores, labels, 1e-2))
