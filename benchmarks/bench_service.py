@@ -1,9 +1,10 @@
-"""Translate over loopback against a bare gRPC echo service carrying the same payload.
+"""Translate over loopback against a bare gRPC echo service carrying the same payload, and
+against the same map served by Triton as a python-backend model.
 
-Both servers run as separate processes with the same generated code and thread pool; the
-echo server parses the request and returns its embeddings unchanged, so the difference is
-what the translation service adds (map lookup, validation, the map itself, metrics).
-Prints embeddings/s and p50/p99 latency per batch size, and the ratio to the echo.
+The servers run as separate processes; the echo server parses the request and returns
+its embeddings unchanged, so the difference is what the translation service adds (map
+lookup, validation, the map's matrix product, metrics). Prints embeddings/s and p50/p99
+latency per batch size, and the ratios to the echo.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mapper import LinearMap, io  # noqa: E402
+from mapper.triton import TritonServer  # noqa: E402
+from mapper.triton_client import TritonClient  # noqa: E402
 from service.client import MapperClient  # noqa: E402
 from service.gen import mapper_pb2 as pb  # noqa: E402
 from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
@@ -52,21 +55,52 @@ def wait_port(path: Path, proc: subprocess.Popen) -> int:
     return int(path.read_text())
 
 
-def load(address: str, batch: int, clients: int, seconds: float) -> tuple[float, float, float]:
-    """(embeddings/s, p50 ms, p99 ms) of Translate calls from `clients` threads."""
-    x = np.random.default_rng(0).standard_normal((batch, 512)).astype(np.float32)
+TRITON_MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from mapper import io
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.map = io.load({path!r})
+
+    def execute(self, requests):
+        xs = [pb_utils.get_input_tensor_by_name(r, "x").as_numpy() for r in requests]
+        ys = np.split(self.map.transform(np.concatenate(xs)), np.cumsum([len(x) for x in xs])[:-1])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]) for y in ys]
+"""
+TRITON_CONFIG = """name: "map"
+backend: "python"
+max_batch_size: 1024
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {dim} ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {dim} ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 500 }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+
+def load(address: str, batch: int, clients: int, seconds: float, dim: int, triton: bool = False):
+    """(embeddings/s, p50 ms, p99 ms) of translate calls from `clients` threads."""
+    x = np.random.default_rng(0).standard_normal((batch, dim)).astype(np.float32)
     latencies: list[float] = []
     stop = time.monotonic() + seconds
     lock = threading.Lock()
 
     def worker() -> None:
-        with MapperClient(address) as c:
-            c.translate(x, "a", "b")  # warm-up
-            mine = []
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                c.translate(x, "a", "b")
-                mine.append(time.perf_counter() - t0)
+        if triton:
+            client = TritonClient(address, concurrency=1, batch_size=batch)
+            call = lambda: client.infer("map", "x", "y", x)  # noqa: E731
+        else:
+            client = MapperClient(address)
+            call = lambda: client.translate(x, "a", "b")  # noqa: E731
+        call()  # warm-up
+        mine = []
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - t0)
+        client.close()
         with lock:
             latencies.extend(mine)
 
@@ -85,6 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="per batch size and server")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=512, help="embedding dimension (the zoo's models: 128-256)")
+    ap.add_argument("--no-triton", action="store_true", help="skip the Triton-served map")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
@@ -92,10 +128,17 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
+    d = args.dim
     m = LinearMap(alpha=1.0, source_id="a", target_id="b").fit(
-        rng.standard_normal((2000, 512)), rng.standard_normal((2000, 512))
+        rng.standard_normal((2000, d)), rng.standard_normal((2000, d))
     )
     SQLiteMapStore(tmp / "maps.sqlite").publish(io.dumps(m))
+    io.save(m, tmp / "map.safetensors")
+    (tmp / "repo" / "map" / "1").mkdir(parents=True)
+    (tmp / "repo" / "map" / "config.pbtxt").write_text(TRITON_CONFIG.format(dim=d))
+    (tmp / "repo" / "map" / "1" / "model.py").write_text(
+        TRITON_MODEL_PY.format(path=str(tmp / "map.safetensors"))
+    )
     procs = {
         "translate": subprocess.Popen(
             [
@@ -122,19 +165,27 @@ def main() -> None:
             "translate": wait_port(tmp / "t.port", procs["translate"]),
             "echo": wait_port(tmp / "e.port", procs["echo"]),
         }
-        print(f"{args.clients} client threads, {args.seconds:.0f} s per point, 512-d float32, loopback")
+        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        triton = None
+        if not args.no_triton:
+            triton = TritonServer(tmp / "repo").start()
+            addresses["triton"] = triton.url
+        print(f"{args.clients} client threads, {args.seconds:.0f} s per point, {d}-d float32, loopback")
         print(f"{'batch':>6} {'server':<10} {'emb/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
         for batch in (1, 32, 256):
             res = {}
-            for name in ("echo", "translate"):
-                res[name] = load(f"127.0.0.1:{ports[name]}", batch, args.clients, args.seconds)
+            for name, address in addresses.items():
+                res[name] = load(address, batch, args.clients, args.seconds, d, triton=name == "triton")
                 thr, p50, p99 = res[name]
                 print(f"{batch:>6} {name:<10} {thr:>10,.0f} {p50:>8.2f} {p99:>8.2f}")
-            print(f"{'':>6} translate / echo throughput: {res['translate'][0] / res['echo'][0]:.2f}x")
+            ratios = ", ".join(f"{n} / echo {res[n][0] / res['echo'][0]:.2f}x" for n in res if n != "echo")
+            print(f"{'':>6} throughput: {ratios}")
     finally:
         for p in procs.values():
             p.terminate()
             p.wait()
+        if triton:
+            triton.stop()
 
 
 if __name__ == "__main__":

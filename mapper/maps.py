@@ -120,6 +120,13 @@ class EmbeddingMap(TransformerMixin, BaseEstimator):
     def _set_bias(self) -> None:
         # Folding the centring into one bias makes transform a single matmul plus an add.
         self.bias_ = self.target_mean_ - self.source_mean_ @ self.weight_
+        self._cast: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _params_as(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) in ``dtype``, converted once: a service applies a map many times."""
+        if dtype not in self._cast:
+            self._cast[dtype] = (self.weight_.astype(dtype), self.bias_.astype(dtype))
+        return self._cast[dtype]
 
     # -- applying ------------------------------------------------------------------------
     def transform(self, X: Any) -> np.ndarray:
@@ -131,8 +138,7 @@ class EmbeddingMap(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "weight_")
         X = check_embeddings(X, name="X", dim=self.n_features_in_, finite=False)
-        W = self.weight_.astype(X.dtype, copy=False)
-        bias = self.bias_.astype(X.dtype, copy=False)
+        W, bias = self._params_as(X.dtype)
         out = np.empty((X.shape[0], W.shape[1]), X.dtype)
         for start in range(0, X.shape[0], _BLOCK):
             xb, yb = X[start : start + _BLOCK], out[start : start + _BLOCK]

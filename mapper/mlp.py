@@ -96,6 +96,7 @@ class MLPMap(EmbeddingMap):
 
     def _set_bias(self) -> None:
         self.bias_ = self.target_mean_
+        self._cast = {}
 
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "layers_")

@@ -27,6 +27,7 @@ import numpy as np
 import prometheus_client as prom
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from mapper import io
 from mapper.catalog import Catalog, MapNotFound
@@ -354,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the store for new map versions",
     )
     ap.add_argument(
+        "--blas-threads",
+        type=int,
+        default=int(_env("blas_threads", 1)),
+        help="BLAS threads per call; requests already run in parallel (default %(default)s)",
+    )
+    ap.add_argument(
         "--grace",
         type=float,
         default=float(_env("grace", 10.0)),
@@ -395,6 +402,7 @@ def serve(args: argparse.Namespace) -> None:
     handler.setFormatter(_JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
 
+    threadpool_limits(args.blas_threads, user_api="blas")
     store = SQLiteMapStore(args.store)
     embedder = None
     if args.triton_url:
