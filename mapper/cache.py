@@ -84,6 +84,7 @@ def embed_images(
     keys = [content_key(Path(p).read_bytes()) for p in paths]
     cached = cache.get(model, keys)
     todo = [i for i, k in enumerate(keys) if k not in cached]
+    print(f"{model}: {len(paths) - len(todo)} images cached, {len(todo)} to embed", flush=True)
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=model, unit="img", disable=not progress)
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]

@@ -1,101 +1,146 @@
-"""A real job of the library on real face CNNs' embeddings of LFW (no Triton needed).
+"""The end-to-end demo (``make demo``): real face CNNs on Triton, mapper-train, the service.
 
-Splits LFW's identities in two (seeded), fits linear, rotation and hub maps between every
-ordered pair of the face zoo's four models on one half, and measures TAR at fixed FAR on
-all pairs of a sample of the other half: one side embedded by model A and mapped into B's
-space, the other embedded by B. Writes the fitted maps as map files.
+1. starts Triton with the face zoo's four CNNs and the YuNet detector (CPU here);
+2. starts the translation service (mapper-serve) on an empty store, with Embed via Triton;
+3. runs mapper-train on a documented LFW subset (1,500 images, whole identities, seed 0):
+   embeds through Triton (cached in .cache/), fits linear, rotation and hub maps on half
+   the people, evaluates all pairs of the other half, publishes the maps to the service;
+4. embeds a few real LFW photos through the service, translates SFace templates into
+   dlib's space and compares them with dlib's own templates, over gRPC;
+5. prints where the report is, and stops what it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
+import subprocess
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .hub import CanonicalSpace
-from .maps import LinearMap, RotationMap
-from .metrics import evaluate
-from .zoo import identity_of, identity_split, load_lfw_embeddings
+from . import train
+from .triton import TritonServer
+from .zoo import face_zoo_dir, identity_of
 
-FARS = (1e-2, 1e-3, 1e-4)
-PAPERS = {"native": 0.96, "linear": 0.95, "rotation": 0.91}  # IJB-C, TAR@FAR=1e-2, 10 CNNs
+ROOT = Path(__file__).resolve().parents[1]
+SRC, DST = "sface-2021dec-int8bq", "dlib-resnet-v1"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def start_service(out: Path, triton_url: str, token: str) -> tuple[subprocess.Popen, str]:
+    port_file = out / "service.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.server",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--store",
+            str(out / "maps.sqlite"),
+            "--metrics-port",
+            "-1",
+            "--admin-token",
+            token,
+            "--triton-url",
+            triton_url,
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while not (port_file.exists() and port_file.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the translation service did not start")
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{port_file.read_text()}"
+
+
+def pick_people(images_dir: Path) -> tuple[list[bytes], list[str]]:
+    """Three real LFW photos: two of one person, one of someone else."""
+    by_id: dict[str, list[str]] = {}
+    for n in sorted(p.name for p in images_dir.glob("*.jpg")):
+        by_id.setdefault(identity_of(n), []).append(n)
+    person = next(i for i in sorted(by_id) if len(by_id[i]) >= 2 and i.startswith("G"))
+    other = next(i for i in sorted(by_id) if i != person and i.startswith("S"))
+    chosen = [by_id[person][0], by_id[person][1], by_id[other][0]]
+    return [(images_dir / n).read_bytes() for n in chosen], [identity_of(n) for n in chosen]
+
+
+def try_the_service(address: str) -> None:
+    from service.client import MapperClient
+    from service.gen import mapper_pb2 as pb
+
+    images, people = pick_people(face_zoo_dir() / "lfw" / "images")
+    with MapperClient(address) as client:
+
+        def embed(model: str) -> np.ndarray:
+            reply = client.stub.Embed(pb.EmbedRequest(model=model, images=images), timeout=120)
+            e = reply.embeddings
+            return np.frombuffer(e.data, "<f4").reshape(e.rows, e.dim)
+
+        sface, dlib = embed(SRC), embed(DST)
+        translated, ref = client.translate(sface, SRC, DST)
+        unit = dlib / np.linalg.norm(dlib, axis=1, keepdims=True)
+        print(
+            f"\nTranslate: {len(images)} SFace templates into dlib's space with {ref.map_id} v{ref.version};"
+        )
+        print(
+            f"  cosine with dlib's own template of {people[1]} (same person): {translated[0] @ unit[1]:.3f}, "
+            f"of {people[2]}: {translated[0] @ unit[2]:.3f}"
+        )
+        cmp = client.compare(sface[[0, 0]], SRC, dlib[[1, 2]], DST, far=1e-3)
+        print(
+            f"Compare: SFace template of {people[0]} against dlib templates, decision at FAR 1e-3 "
+            f"(threshold {cmp.threshold:.3f}, calibrated on the fitting people):"
+        )
+        for other, score, same in zip((people[1], people[2]), cmp.scores, cmp.same, strict=True):
+            print(f"  vs {other:<28} score {score:.3f} -> {'same person' if same else 'different people'}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m mapper.demo", description=__doc__)
-    ap.add_argument("--embeddings", help="npz of precomputed embeddings (default: the face zoo's)")
-    ap.add_argument(
-        "--eval-images", type=int, default=3000, help="images of held-out people scored all-pairs"
+    ap = argparse.ArgumentParser(
+        prog="python -m mapper.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--out", default="out/demo", help="folder for the fitted map files")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=1500, help="LFW images for mapper-train (default 1500)")
+    ap.add_argument("--full", action="store_true", help="all 7,701 LFW images (about an hour on 2 cores)")
+    ap.add_argument("--out", default="out/demo")
     args = ap.parse_args(argv)
-
-    t0 = time.perf_counter()
-    names, emb = load_lfw_embeddings(args.embeddings)
-    models = list(emb)
-    ids = np.array([identity_of(str(n)) for n in names])
-    fit = identity_split(names, seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    ev = np.sort(rng.choice(np.flatnonzero(~fit), min(args.eval_images, int((~fit).sum())), replace=False))
-    iu = np.triu_indices(ev.size, 1)
-    labels = (ids[ev][:, None] == ids[ev][None, :])[iu]
-    print(
-        f"LFW: {fit.sum()} images of {np.unique(ids[fit]).size} people to fit; "
-        f"{ev.size} images of other people scored all-pairs: {labels.sum():,} genuine, "
-        f"{(~labels).sum():,} impostor pairs"
-    )
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    provenance = {
-        "dataset": "LFW (face-zoo embeddings)",
-        "split_seed": args.seed,
-        "fit_images": int(fit.sum()),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hub = CanonicalSpace(name="lfw-hub").fit({m: emb[m][fit] for m in models}, groups=ids[fit])
-    io.save(hub, out / "hub.safetensors", provenance)
-
-    def tar(a_side: np.ndarray, b_side: np.ndarray) -> dict[float, float]:
-        return evaluate((a_side @ b_side.T)[iu], labels, FARS).tar
-
-    results: dict[str, list[float]] = {"native": [], "linear": [], "rotation": [], "hub": []}
-    print(
-        f"\nTAR@FAR=1e-2 (strict convention); A's side mapped into B's space\n{'A -> B':<50} "
-        f"{'linear':>7} {'rotation':>8} {'hub':>6}"
-    )
-    for a in models:
-        results["native"].append(tar(_unit(emb[a][ev]), _unit(emb[a][ev]))[1e-2])
-        for b in models:
-            if a == b:
-                continue
-            target = _unit(emb[b][ev])
-            row = {}
-            for kind, cls in (("linear", LinearMap), ("rotation", RotationMap)):
-                m = cls(source_id=a, target_id=b).fit(emb[a][fit], emb[b][fit], groups=ids[fit])
-                io.save(m, out / f"{a}__{b}.{kind}.safetensors", provenance)
-                row[kind] = tar(m.transform(emb[a][ev]), target)[1e-2]
-            row["hub"] = tar(hub.translate(emb[a][ev], a, b), target)[1e-2]
-            for kind, v in row.items():
-                results[kind].append(v)
-            print(f"{a + ' -> ' + b:<50} {row['linear']:7.4f} {row['rotation']:8.4f} {row['hub']:6.4f}")
-
-    print(f"\nMean TAR@FAR=1e-2 (strict)   ours (LFW, {len(models)} CNNs)   papers (IJB-C, 10 CNNs)")
-    for kind, vals in results.items():
-        paper = PAPERS.get(kind)
-        print(f"  {kind:<10} {np.mean(vals):27.4f}   {paper if paper else '-':>22}")
-    n_files = len(list(out.glob("*.safetensors")))
-    print(f"\nmaps written to {out}/ ({n_files} files); {time.perf_counter() - t0:.0f} s")
+    (out / "maps.sqlite").unlink(missing_ok=True)
+    token = secrets.token_hex(16)
+    t0 = time.perf_counter()
+    print("starting Triton with the face zoo's models ...", flush=True)
+    with TritonServer(ROOT / "model_repository") as triton:
+        service, address = start_service(out, triton.url, token)
+        try:
+            print(f"Triton at {triton.url}, translation service at {address}", flush=True)
+            train_args = [
+                "--triton-url",
+                triton.url,
+                "--publish",
+                address,
+                "--admin-token",
+                token,
+                "--out",
+                str(out / "report"),
+            ]
+            train_args += ["--full"] if args.full else ["--images", str(args.images)]
+            train.main(train_args)
+            try_the_service(address)
+        finally:
+            service.terminate()
+            service.wait(30)
+    print(f"\nreport: {out / 'report' / 'report.md'}; total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Detection (YuNet) and the model run on Triton (``TritonBackend``) or in-process
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class FaceEmbedder:
         self.weights_dir = Path(weights_dir) if weights_dir else face_zoo_dir() / "models"
         self.registry = models.registry(models_file)
         self._dlib_aligner: faces.DlibAligner | None = None
+        # Detections by image content: embedding one image with several models detects once.
+        self._detections: dict[str, np.ndarray] = {}
 
     def model(self, name: str) -> models.FaceModel:
         if name not in self.registry:
@@ -112,6 +115,17 @@ class FaceEmbedder:
                 out.append(faces.align(img, det[4:14], model))
         return out
 
+    def detect(self, images: Sequence[bytes]) -> np.ndarray:
+        """(n, 15) detections, remembered by image content (up to 200,000 images)."""
+        keys = [hashlib.sha256(b).hexdigest() for b in images]
+        todo = [i for i, k in enumerate(keys) if k not in self._detections]
+        if todo:
+            found = self.backend.detect([images[i] for i in todo])
+            if len(self._detections) > 200_000:
+                self._detections.clear()
+            self._detections.update({keys[i]: d for i, d in zip(todo, found, strict=True)})
+        return np.stack([self._detections[k] for k in keys]) if keys else np.zeros((0, 15), np.float32)
+
     def embed(self, images: Sequence[bytes], model: str, landmarks: np.ndarray | None = None) -> EmbedResult:
         """Embed encoded images with ``model``.
 
@@ -122,7 +136,7 @@ class FaceEmbedder:
         if landmarks is not None:
             detections = np.asarray(landmarks, np.float32).reshape(len(images), 15)
         else:
-            detections = self.backend.detect(images)
+            detections = self.detect(images)
         chips = self.chips(images, m, detections)
         ok = [i for i, c in enumerate(chips) if c is not None]
         emb = np.zeros((len(images), m.dim), np.float32)

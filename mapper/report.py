@@ -36,12 +36,12 @@ def heatmaps(res: CrossModelResults, far: float, path: Path) -> None:
     kinds = res.kinds
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1, 3.8), squeeze=False)
     labels = [short(m) for m in res.models]
-    for ax, kind in zip(axes[0], kinds, strict=True):
+    for n, (ax, kind) in enumerate(zip(axes[0], kinds, strict=True)):
         m = res.tar[kind][far]
         im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{kind}")
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_yticks(range(len(labels)), labels if n == 0 else [], fontsize=8)
         ax.set_xlabel("B (native side)")
         for (r, c), v in np.ndenumerate(m):
             ax.text(

@@ -1,0 +1,153 @@
+"""mapper-train on a small LFW subset: Triton path == precomputed path, resumable embedding,
+report contents, publishing into a store the service reads."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mapper import train
+from mapper.cache import EmbeddingCache, embed_images
+from mapper.embed import FaceEmbedder, TritonBackend
+from mapper.triton_client import TritonClient
+from service.store import SQLiteMapStore
+
+from .servers import ROOT
+
+MODELS = ["sface-2021dec-int8bq", "face-reid-retail-0095", "mobilefacenet-arcface"]
+
+
+def run_train(*args: str) -> dict:
+    assert train.main(["--no-progress", *args]) == 0
+    out = args[args.index("--out") + 1]
+    return json.loads(open(f"{out}/results.json").read())
+
+
+@pytest.fixture(scope="module")
+def triton_run(triton, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    results = run_train(
+        "--triton-url",
+        triton.url,
+        "--images",
+        "160",
+        "--models",
+        *MODELS,
+        "--cache",
+        str(tmp / "cache.sqlite"),
+        "--out",
+        str(tmp / "triton"),
+        "--store",
+        str(tmp / "maps.sqlite"),
+    )
+    return tmp, results
+
+
+def test_precomputed_embeddings_give_the_same_numbers(triton, triton_run, face_zoo):
+    tmp, results = triton_run
+    names = train.choose_images(sorted(p.name for p in (face_zoo / "lfw" / "images").glob("*.jpg")), 160, 0)
+    paths = [face_zoo / "lfw" / "images" / n for n in names]
+    cache = EmbeddingCache(tmp / "cache.sqlite")
+    with TritonClient(triton.url) as client:
+        embedder = FaceEmbedder(TritonBackend(client))
+        arrays = {m: embed_images(embedder, paths, m, cache, progress=False)[0] for m in MODELS}
+    np.savez(tmp / "emb.npz", names=np.array(names), **arrays)
+    again = run_train(
+        "--embeddings",
+        str(tmp / "emb.npz"),
+        "--images",
+        "160",
+        "--models",
+        *MODELS,
+        "--out",
+        str(tmp / "precomputed"),
+    )
+    assert again["tar"] == results["tar"]
+    assert again["summary"] == results["summary"]
+
+
+def test_report_and_published_maps(triton_run):
+    tmp, results = triton_run
+    out = tmp / "triton"
+    for name in ("report.md", "roc.png", "tar_far0.01.png", "fewshot.png", "config.json"):
+        assert (out / name).exists(), name
+    assert set(results["summary"]) == {"native", "none", "linear", "rotation", "hub"}
+    assert results["summary"]["linear"]["0.01"] > 0.8 > 0.05 > results["summary"]["none"]["0.01"]
+    assert len(results["security"]["pairs"]) == 6
+    assert len(results["fewshot"]["pairs"]) >= 3
+    stored = SQLiteMapStore(tmp / "maps.sqlite").list()
+    assert len(stored) == 6 * 2 + 1  # linear + rotation per ordered pair, and the hub
+    linear = next(m for m in stored if m.ref.kind == "linear")
+    assert "0.001" in linear.metadata["provenance"]["calibration"]
+    report = (out / "report.md").read_text()
+    assert "papers, IJB-C" in report and "strict" in report and "Template security" in report
+
+
+def cache_rows(path) -> int:
+    try:
+        with sqlite3.connect(path, timeout=10) as db:
+            return db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_interrupted_run_resumes_without_redoing_work(triton, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mapper.train",
+        "--no-progress",
+        "--triton-url",
+        triton.url,
+        "--images",
+        "200",
+        "--models",
+        "dlib-resnet-v1",
+        "mobilefacenet-arcface",
+        "--cache",
+        str(cache),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-fewshot",
+        "--no-security",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while cache_rows(cache) < 64 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = cache_rows(cache)
+    assert 0 < done < 400, "kill it midway"
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    counts = re.findall(r"(\S+): (\d+) images cached, (\d+) to embed", rerun.stdout)
+    n_images = int(counts[0][1]) + int(counts[0][2])
+    assert sum(int(cached) for _, cached, _ in counts) == done
+    assert sum(int(todo) for _, _, todo in counts) == 2 * n_images - done
+    assert cache_rows(cache) == 2 * n_images
+
+
+def test_config_file_and_bad_settings(tmp_path, lfw_embeddings, face_zoo):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('images = 120\nkinds = ["linear"]\nfewshot = false\nsecurity = false\n')
+    out = run_train(
+        "--config",
+        str(cfg),
+        "--embeddings",
+        str(face_zoo / "embeddings" / "lfw-embeddings.npz"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert out["config"]["images"] == 120 and out["kinds"] == ["none", "linear"]
+    cfg.write_text("imagez = 3\n")
+    with pytest.raises(SystemExit, match="unknown settings"):
+        train.main(["--config", str(cfg)])
