@@ -10,6 +10,8 @@ import pytest
 
 from mapper.zoo import face_zoo_dir
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def face_zoo() -> Path:
