@@ -59,17 +59,24 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    T = rng.standard_normal((args.templates, args.dim), dtype=np.float32)
+    # Templates of 3,531 people (IJB-C's subject count): a person's centre plus noise.
+    person = rng.integers(0, 3531, args.templates)
+    centres = rng.standard_normal((3531, args.dim), dtype=np.float32)
+    T = centres[person] + 1.2 * rng.standard_normal((args.templates, args.dim), dtype=np.float32)
     T /= np.linalg.norm(T, axis=1, keepdims=True)
-    i = rng.integers(0, args.templates, args.pairs)
-    j = rng.integers(0, args.templates, args.pairs)
-    labels = np.zeros(args.pairs, bool)
-    labels[: args.genuine] = True
-    # Genuine pairs: second template close to the first, so TARs are informative.
-    T_gen = T[i[: args.genuine]] + 0.9 * rng.standard_normal((args.genuine, args.dim), dtype=np.float32) / 22
-    T = np.vstack([T, T_gen / np.linalg.norm(T_gen, axis=1, keepdims=True)])
-    j[: args.genuine] = args.templates + np.arange(args.genuine)
-    print(f"{len(T):,} templates x {args.dim} d, {args.pairs:,} pairs ({args.genuine:,} genuine)")
+    # Genuine pairs: two templates of one person; impostor pairs: random, labelled by person.
+    by_person = np.argsort(person, kind="stable")
+    starts = np.searchsorted(person[by_person], np.arange(3531))
+    counts = np.bincount(person, minlength=3531)
+    who = rng.choice(np.flatnonzero(counts >= 2), args.genuine)
+    a = rng.integers(0, counts[who])
+    b = (a + rng.integers(1, counts[who])) % counts[who]  # another template of the same person
+    gi, gj = by_person[starts[who] + a], by_person[starts[who] + b]
+    n_imp = args.pairs - args.genuine
+    i = np.r_[gi, rng.integers(0, args.templates, n_imp)]
+    j = np.r_[gj, rng.integers(0, args.templates, n_imp)]
+    labels = person[i] == person[j]
+    print(f"{len(T):,} templates x {args.dim} d, {args.pairs:,} pairs ({labels.sum():,} genuine)")
 
     (s_base, tar_base), t_base, m_base = measure(lambda: baseline(T, i, j, labels))
     (s_ours, tar_ijbc), t_ijbc, m_ijbc = measure(lambda: ours(T, i, j, labels, "ijbc"))

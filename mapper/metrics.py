@@ -95,11 +95,12 @@ def _sorted_eer(g: np.ndarray, s: np.ndarray) -> float:
 def roc(scores: np.ndarray, labels: np.ndarray, drop_intermediate: bool = True) -> tuple[np.ndarray, ...]:
     """(fpr, tpr, thresholds) exactly as ``sklearn.metrics.roc_curve`` returns them.
 
-    Sorts float32/float64 scores once; ties share one ROC point.
+    Sorts the scores once; ties share one ROC point, so the order within a tie does not
+    matter and the faster unstable sort is used.
     """
     scores = np.asarray(scores)
     labels = np.asarray(labels).astype(bool)
-    order = np.argsort(scores, kind="stable")[::-1]
+    order = np.argsort(scores)[::-1]
     s = scores[order]
     y = labels[order]
     distinct = np.flatnonzero(np.diff(s)) if s.size > 1 else np.zeros(0, np.int64)

@@ -64,8 +64,8 @@ def pair_scores(
     i = np.asarray(i, np.int64)
     j = np.asarray(j, np.int64)
     out = np.empty(len(i), np.float32)
-    blocks = i // block
-    order = np.argsort(blocks, kind="stable")
+    blocks = (i // block).astype(np.int32 if len(A) // block > 32000 else np.int16)
+    order = np.argsort(blocks, kind="stable")  # radix sort on small integers: O(n)
     bounds = np.searchsorted(blocks[order], np.arange(0, (len(A) + block - 1) // block + 1))
     BT = np.ascontiguousarray(B.T)
     for b in range(len(bounds) - 1):
