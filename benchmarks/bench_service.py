@@ -30,6 +30,7 @@ from mapper.triton_client import TritonClient  # noqa: E402
 from service.client import MapperClient  # noqa: E402
 from service.gen import mapper_pb2 as pb  # noqa: E402
 from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
+from service.launcher import start_service  # noqa: E402
 from service.store import SQLiteMapStore  # noqa: E402
 
 
@@ -139,33 +140,12 @@ def main() -> None:
     (tmp / "repo" / "map" / "1" / "model.py").write_text(
         TRITON_MODEL_PY.format(path=str(tmp / "map.safetensors"))
     )
-    procs = {
-        "translate": subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.server",
-                "--port",
-                "0",
-                "--port-file",
-                str(tmp / "t.port"),
-                "--store",
-                str(tmp / "maps.sqlite"),
-                "--metrics-port",
-                "-1",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-        ),
-        "echo": subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "e.port")], cwd=ROOT),
-    }
+    translate = start_service(
+        tmp / "maps.sqlite", "--metrics-port", "-1", "--log-level", "WARNING", workdir=tmp
+    )
+    echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "e.port")], cwd=ROOT)
     try:
-        ports = {
-            "translate": wait_port(tmp / "t.port", procs["translate"]),
-            "echo": wait_port(tmp / "e.port", procs["echo"]),
-        }
-        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        addresses = {"translate": translate.address, "echo": f"127.0.0.1:{wait_port(tmp / 'e.port', echo)}"}
         triton = None
         if not args.no_triton:
             triton = TritonServer(tmp / "repo").start()
@@ -181,9 +161,9 @@ def main() -> None:
             ratios = ", ".join(f"{n} / echo {res[n][0] / res['echo'][0]:.2f}x" for n in res if n != "echo")
             print(f"{'':>6} throughput: {ratios}")
     finally:
-        for p in procs.values():
-            p.terminate()
-            p.wait()
+        translate.stop()
+        echo.terminate()
+        echo.wait()
         if triton:
             triton.stop()
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from service.launcher import start_service
 
 from . import train
 from .triton import TritonServer
@@ -27,39 +27,6 @@ from .zoo import face_zoo_dir, identity_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC, DST = "sface-2021dec-int8bq", "dlib-resnet-v1"
-
-
-def start_service(out: Path, triton_url: str, token: str) -> tuple[subprocess.Popen, str]:
-    port_file = out / "service.port"
-    port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.server",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--store",
-            str(out / "maps.sqlite"),
-            "--metrics-port",
-            "-1",
-            "--admin-token",
-            token,
-            "--triton-url",
-            triton_url,
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 60
-    while not (port_file.exists() and port_file.read_text()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the translation service did not start")
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port_file.read_text()}"
 
 
 def pick_people(images_dir: Path) -> tuple[list[bytes], list[str]]:
@@ -121,7 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     print("starting Triton with the face zoo's models ...", flush=True)
     with TritonServer(ROOT / "model_repository") as triton:
-        service, address = start_service(out, triton.url, token)
+        service = start_service(
+            out / "maps.sqlite",
+            "--metrics-port",
+            "-1",
+            "--admin-token",
+            token,
+            "--triton-url",
+            triton.url,
+            "--log-level",
+            "WARNING",
+            workdir=out,
+        )
+        address = service.address
         try:
             print(f"Triton at {triton.url}, translation service at {address}", flush=True)
             train_args = [
@@ -138,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             train.main(train_args)
             try_the_service(address)
         finally:
-            service.terminate()
-            service.wait(30)
+            service.stop(timeout=30)
     print(f"\nreport: {out / 'report' / 'report.md'}; total {time.perf_counter() - t0:.0f} s")
 
 

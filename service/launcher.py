@@ -1,0 +1,81 @@
+"""Start mapper-serve as a subprocess and wait until it serves (demo, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import MapperClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kw: object) -> MapperClient:
+        return MapperClient(self.address, **kw)  # type: ignore[arg-type]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_service(
+    store: str | os.PathLike[str],
+    *args: str,
+    workdir: str | os.PathLike[str] | None = None,
+    timeout: float = 30,
+) -> ServiceProcess:
+    """``mapper-serve --store STORE ARGS`` on a free port (and metrics port); its log goes
+    to ``workdir``. Raises RuntimeError with the log when it does not start."""
+    work = Path(workdir or tempfile.mkdtemp(prefix="mapper-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    stamp = time.monotonic_ns()
+    port_file, log = work / f"port-{stamp}", work / f"server-{stamp}.log"
+    metrics_port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.server",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--store",
+        str(store),
+        "--metrics-port",
+        str(metrics_port),
+        *args,
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mapper-serve did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return ServiceProcess(proc, int(port_file.read_text()), metrics_port, log)
