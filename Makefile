@@ -27,8 +27,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_maps.py
+	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_payload.py
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_triton.py
+	$(BIN)/python benchmarks/bench_migrate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out .cache

@@ -62,7 +62,7 @@ def main() -> None:
     # Templates of 3,531 people (IJB-C's subject count): a person's centre plus noise.
     person = rng.integers(0, 3531, args.templates)
     centres = rng.standard_normal((3531, args.dim), dtype=np.float32)
-    T = centres[person] + 1.2 * rng.standard_normal((args.templates, args.dim), dtype=np.float32)
+    T = centres[person] + 2.0 * rng.standard_normal((args.templates, args.dim), dtype=np.float32)
     T /= np.linalg.norm(T, axis=1, keepdims=True)
     # Genuine pairs: two templates of one person; impostor pairs: random, labelled by person.
     by_person = np.argsort(person, kind="stable")

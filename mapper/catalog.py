@@ -44,6 +44,7 @@ class Catalog:
         self._maps: dict[str, tuple[MapRef, MapObject]] = {ref.map_id: (ref, obj) for ref, obj in entries}
         self._hubs = [(ref, obj) for ref, obj in self._maps.values() if isinstance(obj, CanonicalSpace)]
         self.hub_mapping = lru_cache(maxsize=1024)(self._hub_mapping)
+        self._models = self._collect_models()
 
     def __len__(self) -> int:
         return len(self._maps)
@@ -53,6 +54,9 @@ class Catalog:
 
     def models(self) -> dict[str, int]:
         """{model name: embedding dimension} over every map and hub served."""
+        return dict(self._models)
+
+    def _collect_models(self) -> dict[str, int]:
         dims: dict[str, int] = {}
         for _, obj in self._maps.values():
             if isinstance(obj, CanonicalSpace):
@@ -72,10 +76,9 @@ class Catalog:
         """The map for source -> target of ``kind`` ("any": direct first, then a hub)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        models = self.models()
-        unknown = [m for m in (source, target) if m not in models]
+        unknown = [m for m in (source, target) if m not in self._models]
         if unknown:
-            raise MapNotFound(f"unknown model(s) {unknown}; models with maps: {sorted(models)}")
+            raise MapNotFound(f"unknown model(s) {unknown}; models with maps: {sorted(self._models)}")
         for k in DIRECT_PREFERENCE if kind == "any" else (kind,):
             found = self._maps.get(f"{source}->{target}:{k}")
             if found:

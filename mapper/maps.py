@@ -136,7 +136,8 @@ class EmbeddingMap(TransformerMixin, BaseEstimator):
         that the passes after the matmul run on cache-resident data; the input's squared
         norms double as the NaN/Inf check (NaN and Inf propagate into them).
         """
-        check_is_fitted(self, "weight_")
+        if not hasattr(self, "bias_"):  # sklearn's check_is_fitted is slow on a hot path
+            check_is_fitted(self, "weight_")
         X = check_embeddings(X, name="X", dim=self.n_features_in_, finite=False)
         W, bias = self._params_as(X.dtype)
         out = np.empty((X.shape[0], W.shape[1]), X.dtype)

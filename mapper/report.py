@@ -32,24 +32,25 @@ def short(name: str) -> str:
     return SHORT.get(name, name)
 
 
-def heatmaps(res: CrossModelResults, far: float, path: Path) -> None:
-    kinds = res.kinds
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1, 3.8), squeeze=False)
-    labels = [short(m) for m in res.models]
-    for n, (ax, kind) in enumerate(zip(axes[0], kinds, strict=True)):
-        m = res.tar[kind][far]
-        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"{kind}")
+def heatmaps(
+    models: list[str], matrices: dict[str, np.ndarray], path: Path, *, label: str, title: str, vmin: float = 0
+) -> None:
+    """One annotated K x K heat map per kind, side by side (row A mapped into column B)."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 1, 3.8), squeeze=False)
+    labels = [short(m) for m in models]
+    middle = (vmin + 1) / 2
+    for n, (ax, (kind, m)) in enumerate(zip(axes[0], matrices.items(), strict=True)):
+        im = ax.imshow(m, vmin=vmin, vmax=1, cmap="viridis")
+        ax.set_title(kind)
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels if n == 0 else [], fontsize=8)
         ax.set_xlabel("B (native side)")
         for (r, c), v in np.ndenumerate(m):
-            ax.text(
-                c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black"
-            )
+            color = "white" if v < middle else "black"
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color=color)
     axes[0][0].set_ylabel("A (mapped into B)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"TAR @ FAR {far:g} ({res.convention})")
-    fig.suptitle(f"Cross-model verification, TAR @ FAR {far:g}; diagonal = native")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
+    fig.suptitle(title)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -104,11 +105,11 @@ def summary_table(res: CrossModelResults) -> str:
     return "\n".join(lines)
 
 
-def matrix_table(res: CrossModelResults, kind: str, far: float) -> str:
-    names = [short(m) for m in res.models]
+def matrix_table(models: list[str], matrix: np.ndarray) -> str:
+    names = [short(m) for m in models]
     lines = ["| A \\ B | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for a, name in enumerate(names):
-        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in res.tar[kind][far][a]) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in matrix[a]) + " |")
     return "\n".join(lines)
 
 
@@ -125,7 +126,13 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for far in res.fars:
-        heatmaps(res, far, out / f"tar_far{far:g}.png")
+        heatmaps(
+            res.models,
+            {k: res.tar[k][far] for k in res.kinds},
+            out / f"tar_far{far:g}.png",
+            label=f"TAR @ FAR {far:g} ({res.convention})",
+            title=f"Cross-model verification, TAR @ FAR {far:g}; diagonal = native",
+        )
     roc_grid(res, out / "roc.png")
     parts = [
         f"# {title}",
@@ -140,7 +147,7 @@ def write_report(
         for kind in res.kinds:
             parts.append(
                 f"**{kind}** (row A mapped into column B's space; diagonal native)\n\n"
-                + matrix_table(res, kind, far)
+                + matrix_table(res.models, res.tar[kind][far])
             )
     parts.append("## ROC curves\n\n![ROC curves](roc.png)")
     for heading, body in extra_sections or []:
