@@ -195,3 +195,20 @@ def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, embedded
     finally:
         srv.stop()
         down.stop()
+
+
+def test_view2_cross_model_protocol(face_zoo, lfw_embeddings):
+    from mapper.verify_lfw import cross_model_view2
+
+    pairs = read_lfw_pairs(face_zoo / "lfw" / "pairs.csv")
+    names = [str(n) for n in lfw_embeddings["names"]]
+    models = {m: lfw_embeddings[m] for m in ("face-reid-retail-0095", "mobilefacenet-arcface")}
+    out = cross_model_view2(models, names, pairs, kinds=("linear",))
+    acc = out["accuracy"]["linear"]
+    index = {n: i for i, n in enumerate(names)}
+    e = models["mobilefacenet-arcface"] / np.linalg.norm(
+        models["mobilefacenet-arcface"], axis=1, keepdims=True
+    )
+    native = np.einsum("ij,ij->i", e[[index[n] for n in pairs.left]], e[[index[n] for n in pairs.right]])
+    assert acc[1, 1] == view2_accuracy(native, pairs)[0]
+    assert acc[0, 1] > 0.95 and acc[1, 0] > 0.95  # fitted per fold on other folds' people
