@@ -78,9 +78,11 @@ def embed_images(
     chunk: int = 64,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    landmarks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """(n, dim) float32 embeddings of image files by ``model`` and the indices that failed,
-    embedding only images not in ``cache``."""
+    embedding only images not in ``cache``. ``landmarks``: optional (n, 15) detections
+    (e.g. IJB-C's 5 points), which skip detection."""
     keys = [content_key(Path(p).read_bytes()) for p in paths]
     cached = cache.get(model, keys)
     todo = [i for i, k in enumerate(keys) if k not in cached]
@@ -88,7 +90,8 @@ def embed_images(
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=model, unit="img", disable=not progress)
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]
-        result = embedder.embed([Path(paths[i]).read_bytes() for i in idx], model)
+        given = landmarks[idx] if landmarks is not None else None
+        result = embedder.embed([Path(paths[i]).read_bytes() for i in idx], model, landmarks=given)
         cache.put(model, [keys[i] for i in idx], result.embeddings, result.failed)
         for j, i in enumerate(idx):
             cached[keys[i]] = None if j in set(result.failed) else result.embeddings[j]

@@ -184,3 +184,15 @@ def lfw_all_pairs(names: np.ndarray, *, max_impostors: int | None = None, seed: 
         np.stack([i[keep], j[keep]], axis=1).astype(np.int64),
         same[keep],
     )
+
+
+def detections_from_landmarks(landmarks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """(n, 15) detections in YuNet's layout from (n, 5, 2) landmarks: a box around the points
+    (widened as a face box is around its eyes and mouth), the points, the score (1 if none)."""
+    pts = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+    lo, hi = pts.min(axis=1), pts.max(axis=1)
+    size = (hi - lo).max(axis=1) * 2.2
+    centre = (lo + hi) / 2
+    box = np.column_stack([centre - size[:, None] / 2, size, size])
+    score = np.ones(len(pts), np.float32) if scores is None else np.asarray(scores, np.float32)
+    return np.column_stack([box, pts.reshape(-1, 10), np.maximum(score, 1e-3)]).astype(np.float32)

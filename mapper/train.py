@@ -32,7 +32,7 @@ from .hub import CanonicalSpace
 from .maps import EmbeddingMap
 from .metrics import STANDARD_FARS, evaluate, tar_at_far_strict
 from .models import BUILTIN
-from .protocols import lfw_all_pairs, read_ijbc, write_ijbc
+from .protocols import detections_from_landmarks, lfw_all_pairs, read_ijbc, write_ijbc
 from .report import fewshot_plot, short, write_report
 from .zoo import face_zoo_dir, identity_of
 
@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "fewshot": True,
     "security": True,
     "progress": True,
+    "ijbc": None,
+    "ijbc_images": None,
 }
 
 
@@ -79,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("triton", "local"), help="embed through Triton (default) or in-process"
     )
     ap.add_argument("--triton-url", help="use this running Triton instead of starting one")
+    ap.add_argument(
+        "--ijbc", metavar="DIR", help="evaluate on the IJB-C 1:1 files in DIR (maps fitted on LFW)"
+    )
+    ap.add_argument("--ijbc-images", metavar="DIR", help="root of the IJB-C image names (default: --ijbc)")
     ap.add_argument("--fit-fraction", type=float, help="share of identities used to fit (default 0.5)")
     ap.add_argument("--seed", type=int, help="seed of the identity split and samples (default 0)")
     ap.add_argument("--kinds", nargs="+", choices=("linear", "rotation", "hub", "mlp"), help="map kinds")
@@ -136,8 +142,15 @@ def choose_images(names: list[str], n: int | None, seed: int) -> list[str]:
     return sorted(chosen)
 
 
-def embed_all(cfg: dict[str, Any], names: list[str], log: Any) -> dict[str, np.ndarray]:
-    """{model: (n, d)} for ``names``; images any model failed on are dropped by the caller."""
+def embed_all(
+    cfg: dict[str, Any],
+    names: list[str],
+    log: Any,
+    paths: list[Path] | None = None,
+    landmarks: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """{model: (n, d)} for ``names`` (LFW images unless ``paths`` are given), plus
+    ``__failed__``: the rows any model failed on."""
     if cfg["embeddings"]:
         with np.load(cfg["embeddings"]) as data:
             index = {str(n): i for i, n in enumerate(data["names"])}
@@ -149,7 +162,7 @@ def embed_all(cfg: dict[str, Any], names: list[str], log: Any) -> dict[str, np.n
             rows = [index[n] for n in names]
             return {m: data[m][rows].astype(np.float32) for m in cfg["models"]}
     zoo = face_zoo_dir()
-    paths = [zoo / "lfw" / "images" / n for n in names]
+    paths = paths or [zoo / "lfw" / "images" / n for n in names]
     out = {}
     with ExitStack() as stack:
         if cfg["backend"] == "local":
@@ -171,7 +184,9 @@ def embed_all(cfg: dict[str, Any], names: list[str], log: Any) -> dict[str, np.n
         cache = EmbeddingCache(cfg["cache"])
         failed: set[int] = set()
         for m in cfg["models"]:
-            out[m], bad = embed_images(embedder, paths, m, cache, progress=cfg["progress"])
+            out[m], bad = embed_images(
+                embedder, paths, m, cache, progress=cfg["progress"], landmarks=landmarks
+            )
             failed |= set(bad)
         out["__failed__"] = np.array(sorted(failed), dtype=np.int64)
     return out
@@ -328,28 +343,43 @@ def main(argv: list[str] | None = None) -> int:
 
     unique = np.unique(ids)
     rng = np.random.default_rng(cfg["seed"])
-    fit_ids = rng.choice(unique, round(cfg["fit_fraction"] * unique.size), replace=False)
-    fit = np.isin(ids, fit_ids)
+    if cfg["ijbc"]:  # fit on every chosen LFW image, evaluate on the IJB-C protocol
+        fit_ids = unique
+        fit = np.ones(len(ids), bool)
+    else:
+        fit_ids = rng.choice(unique, round(cfg["fit_fraction"] * unique.size), replace=False)
+        fit = np.isin(ids, fit_ids)
     emb_fit = {m: e[fit] for m, e in emb.items()}
-    emb_eval = {m: e[~fit] for m, e in emb.items()}
-    log(
-        f"fitting on {fit.sum()} images of {fit_ids.size} people; evaluating on {(~fit).sum()} images of "
-        f"{unique.size - fit_ids.size} others"
-    )
-
     maps = fit_maps(emb_fit, tuple(cfg["kinds"]), groups=ids[fit], progress=cfg["progress"])
     hub: CanonicalSpace | None = maps.pop(("*", "*", "hub-space"), None)
 
-    # Evaluation protocol: all pairs of the evaluation images, written in the IJB-C layout
-    # and read back, so LFW and IJB-C go through one code path.
-    eval_names = np.array(names)[~fit]
-    write_ijbc(
-        out / "protocol", lfw_all_pairs(eval_names, max_impostors=cfg["max_impostors"], seed=cfg["seed"])
-    )
-    ijbc = read_ijbc(out / "protocol")
+    if cfg["ijbc"]:
+        ijbc = read_ijbc(cfg["ijbc"])
+        root = Path(cfg["ijbc_images"] or cfg["ijbc"])
+        landmarks = None
+        if ijbc.landmarks is not None:
+            landmarks = detections_from_landmarks(ijbc.landmarks, ijbc.scores)
+        image_names = [str(n) for n in ijbc.images]
+        emb_eval = embed_all(cfg, image_names, log, [root / n for n in image_names], landmarks)
+        no_face = emb_eval.pop("__failed__", np.zeros(0))
+        log(
+            f"IJB-C: {len(image_names)} images, {no_face.size} without a face (they add nothing to templates)"
+        )
+        eval_what = f"the IJB-C 1:1 protocol in {cfg['ijbc']}"
+    else:
+        emb_eval = {m: e[~fit] for m, e in emb.items()}
+        # All pairs of the evaluation images, written in the IJB-C layout and read back, so
+        # LFW and IJB-C go through one code path.
+        eval_names = np.array(names)[~fit]
+        write_ijbc(
+            out / "protocol", lfw_all_pairs(eval_names, max_impostors=cfg["max_impostors"], seed=cfg["seed"])
+        )
+        ijbc = read_ijbc(out / "protocol")
+        eval_what = f"all pairs of {(~fit).sum()} LFW images of {unique.size - fit_ids.size} other people"
     protocol = Protocol(ijbc.template_ids, ijbc.media_ids, ijbc.pairs, ijbc.labels)
     log(
-        f"evaluation protocol: {protocol.labels.sum():,} genuine, {(~protocol.labels).sum():,} impostor pairs"
+        f"fitted on {fit.sum()} images of {fit_ids.size} people; evaluating on {eval_what}: "
+        f"{protocol.labels.sum():,} genuine, {(~protocol.labels).sum():,} impostor pairs"
     )
     res = cross_model_eval(
         emb_eval,
@@ -385,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         extra["fewshot"] = curve
-    if cfg["security"] and "linear" in cfg["kinds"]:
+    if cfg["security"] and "linear" in cfg["kinds"] and not cfg["ijbc"]:
         sec = template_security(emb_eval, ids[~fit], maps)
         sections.append(("Template security: a leaked template, translated", security_table(sec)))
         extra["security"] = sec
@@ -427,10 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     extra["published"] = published
     extra["run_seconds"] = round(time.perf_counter() - t0, 1)
     description = (
-        f"Maps fitted on {fit.sum()} LFW images of {fit_ids.size} people and evaluated on all pairs of "
-        f"{(~fit).sum()} images of {unique.size - fit_ids.size} other people (identity-disjoint, seed "
-        f"{cfg['seed']}). Row A's side is embedded by A and mapped into B's space; column B's side is "
-        "embedded by B. Run: `mapper-train " + " ".join(argv or sys.argv[1:]) + "`."
+        f"Maps fitted on {fit.sum()} LFW images of {fit_ids.size} people and evaluated on {eval_what} "
+        f"(seed {cfg['seed']}). Row A's side is embedded by A and mapped into B's space; column B's side "
+        "is embedded by B. Run: `mapper-train " + " ".join(argv or sys.argv[1:]) + "`."
     )
     report = write_report(
         out,

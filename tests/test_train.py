@@ -152,3 +152,64 @@ def test_config_file_and_bad_settings(tmp_path, lfw_embeddings, face_zoo):
     cfg.write_text("imagez = 3\n")
     with pytest.raises(SystemExit, match="unknown settings"):
         train.main(["--config", str(cfg)])
+
+
+def test_ijbc_layout_evaluation(tmp_path, face_zoo, lfw_embeddings):
+    """An IJB-C 1:1 folder (here made of LFW photos of people outside the fitting set, with
+    YuNet's points as the 5-point file) is evaluated with maps fitted on LFW."""
+    from mapper.protocols import FACE_TID_MID, NAME_5PTS, TEMPLATE_PAIRS
+    from mapper.zoo import identity_of
+
+    names = [str(n) for n in lfw_embeddings["names"]]
+    fitting = set(train.choose_images(names, 300, 0))
+    by_id: dict[str, list[int]] = {}
+    for k, n in enumerate(names):
+        if n not in fitting:
+            by_id.setdefault(identity_of(n), []).append(k)
+    people = [p for p in sorted(by_id) if len(by_id[p]) >= 4][:12]
+    rows, tid = [], 0
+    for p in people:
+        for half in (by_id[p][:2], by_id[p][2:4]):  # two templates per person, two images each
+            rows += [(names[k], tid, k) for k in half]
+            tid += 1
+    (tmp_path / FACE_TID_MID).write_text("".join(f"{n} {t} {m}\n" for n, t, m in rows))
+    pairs = [(a, b, int(a // 2 == b // 2)) for a in range(tid) for b in range(a + 1, tid)]
+    (tmp_path / TEMPLATE_PAIRS).write_text("".join(f"{a} {b} {s}\n" for a, b, s in pairs))
+    yunet = lfw_embeddings["yunet"]
+    (tmp_path / NAME_5PTS).write_text(
+        "".join(f"{n} " + " ".join(f"{v:.2f}" for v in yunet[k, 4:15]) + "\n" for n, _, k in rows)
+    )
+    common = [
+        "--images",
+        "300",
+        "--ijbc",
+        str(tmp_path),
+        "--ijbc-images",
+        str(face_zoo / "lfw" / "images"),
+        "--kinds",
+        "linear",
+        "--no-fewshot",
+    ]
+    pre = run_train(
+        "--embeddings",
+        str(face_zoo / "embeddings" / "lfw-embeddings.npz"),
+        *common,
+        "--out",
+        str(tmp_path / "pre"),
+    )
+    assert pre["n_genuine"] == 12 and pre["n_impostor"] == len(pairs) - 12
+    assert pre["auc"]["linear"][1][2] > 0.9 > 0.7 > pre["auc"]["none"][1][2]
+    assert "security" not in pre  # IJB-C's 1:1 files carry no identities for a gallery
+    local = run_train(
+        "--backend",
+        "local",
+        "--models",
+        "face-reid-retail-0095",
+        "mobilefacenet-arcface",
+        "--cache",
+        str(tmp_path / "cache.sqlite"),
+        *common,
+        "--out",
+        str(tmp_path / "local"),
+    )
+    assert local["auc"]["linear"][0][1] > 0.9  # through the 5-point path, no detection
