@@ -34,7 +34,7 @@ from .metrics import STANDARD_FARS, evaluate, tar_at_far_strict
 from .models import BUILTIN
 from .protocols import detections_from_landmarks, lfw_all_pairs, read_ijbc, write_ijbc
 from .report import fewshot_plot, short, write_report
-from .zoo import face_zoo_dir, identity_of
+from .zoo import face_zoo_dir, identity_of, identity_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS: dict[str, Any] = {
@@ -342,13 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     ids = np.array([identity_of(n) for n in names])
 
     unique = np.unique(ids)
-    rng = np.random.default_rng(cfg["seed"])
     if cfg["ijbc"]:  # fit on every chosen LFW image, evaluate on the IJB-C protocol
-        fit_ids = unique
         fit = np.ones(len(ids), bool)
     else:
-        fit_ids = rng.choice(unique, round(cfg["fit_fraction"] * unique.size), replace=False)
-        fit = np.isin(ids, fit_ids)
+        fit = identity_split(np.array(names), cfg["fit_fraction"], cfg["seed"])
+    fit_ids = np.unique(ids[fit])
     emb_fit = {m: e[fit] for m, e in emb.items()}
     maps = fit_maps(emb_fit, tuple(cfg["kinds"]), groups=ids[fit], progress=cfg["progress"])
     hub: CanonicalSpace | None = maps.pop(("*", "*", "hub-space"), None)
