@@ -61,7 +61,7 @@ def roc_grid(res: CrossModelResults, path: Path) -> None:
     for a, A in enumerate(res.models):
         for b, B in enumerate(res.models):
             ax = axes[a][b]
-            ax.plot(CURVE_FARS, res.curves[B, B, "native"], "k-", lw=1.5, label=f"native {short(B)}")
+            ax.plot(CURVE_FARS, res.curves[B, B, "native"], "k-", lw=1.5, label="native (B vs B)")
             if a != b:
                 for kind in res.kinds:
                     ax.plot(CURVE_FARS, res.curves[A, B, kind], lw=1, label=kind)
