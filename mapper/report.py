@@ -80,12 +80,18 @@ def roc_grid(res: CrossModelResults, path: Path) -> None:
 
 
 def fewshot_plot(curve: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     for kind, points in curve["tar"].items():
         ax.plot(curve["pairs"], points, "o-", label=kind)
     ax.axhline(curve["native"], color="k", ls="--", lw=1, label="native (mean)")
     ax.set_xscale("log")
-    ax.set_xlabel("fitting pairs (images embedded by both models)")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(
+        curve["pairs"],
+        [f"{p}\n({i} ppl)" for p, i in zip(curve["pairs"], curve["identities"], strict=True)],
+        fontsize=7,
+    )
+    ax.set_xlabel("fitting pairs (images embedded by both models), and the people they show")
     ax.set_ylabel(f"mean TAR @ FAR {curve['far']:g}")
     ax.set_title("How little data is enough")
     ax.grid(alpha=0.3)

@@ -210,12 +210,24 @@ def calibrate(m: EmbeddingMap, x_src: np.ndarray, x_dst: np.ndarray, ids: np.nda
 def fewshot(
     emb_fit: dict, ids_fit: np.ndarray, emb_eval: dict, protocol: Protocol, seed: int, progress: bool
 ) -> dict[str, Any]:
-    """Mean cross-model TAR@FAR=1e-2 against the number of fitting identities / pairs."""
+    """Mean cross-model TAR@FAR=1e-2 against the number of fitting identities / pairs.
+
+    Evaluated on every genuine pair and at most 1,000,000 impostor pairs of the protocol
+    (plenty for FAR 1e-2), so the curve costs a few seconds per point at any scale.
+    """
     from tqdm import tqdm
 
     unique = np.unique(ids_fit)
     grid = [n for n in (5, 10, 25, 50, 100, 250, 500) if n < unique.size] + [unique.size]
     rng = np.random.default_rng(seed)
+    impostors = np.flatnonzero(~protocol.labels)
+    if impostors.size > 1_000_000:
+        keep = np.sort(
+            np.r_[np.flatnonzero(protocol.labels), rng.choice(impostors, 1_000_000, replace=False)]
+        )
+        protocol = Protocol(
+            protocol.template_ids, protocol.media_ids, protocol.pairs[keep], protocol.labels[keep]
+        )
     curve: dict[str, Any] = {
         "far": 1e-2,
         "identities": [],
