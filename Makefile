@@ -19,11 +19,11 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
 
 bench: setup
 	$(BIN)/python benchmarks/bench_maps.py

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,6 @@ def embed_images(
     *,
     chunk: int = 64,
     progress: bool = True,
-    on_chunk: Callable[[int], None] | None = None,
     landmarks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """(n, dim) float32 embeddings of image files by ``model`` and the indices that failed,
@@ -96,8 +95,6 @@ def embed_images(
         for j, i in enumerate(idx):
             cached[keys[i]] = None if j in set(result.failed) else result.embeddings[j]
         bar.update(len(idx))
-        if on_chunk:
-            on_chunk(len(idx))
     bar.close()
     dim = embedder.model(model).dim
     out = np.zeros((len(paths), dim), np.float32)

@@ -23,7 +23,6 @@ from .metrics import evaluate, tar_curve
 from .mlp import MLPMap
 from .templates import pair_scores, pool_templates
 
-MAP_KINDS = ("linear", "rotation", "hub", "mlp")
 SUMMARY_FARS = (1e-2, 1e-3, 1e-4)
 CURVE_FARS = np.logspace(-6, 0, 61)
 

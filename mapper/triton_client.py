@@ -54,14 +54,6 @@ class TritonClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def is_ready(self, model: str | None = None) -> bool:
-        try:
-            if model:
-                return bool(self._client.is_model_ready(model, client_timeout=self.timeout))
-            return bool(self._client.is_server_ready(client_timeout=self.timeout))
-        except InferenceServerException:
-            return False
-
     def _call(self, model: str, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
         dtype = "BYTES" if x.dtype == object else np_to_triton_dtype(x.dtype)
         inp = tc.InferInput(input_name, list(x.shape), dtype)

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-EMBEDDING_MODELS = (
-    "dlib-resnet-v1",
-    "sface-2021dec-int8bq",
-    "face-reid-retail-0095",
-    "mobilefacenet-arcface",
-)
+from .models import BUILTIN
 
 
 def face_zoo_dir() -> Path:
@@ -39,7 +34,7 @@ def load_lfw_embeddings(
         )
     with np.load(path) as data:
         names = data["names"]
-        return names, {m: data[m] for m in EMBEDDING_MODELS if m in data.files}
+        return names, {m.name: data[m.name] for m in BUILTIN if m.name in data.files}
 
 
 def identity_split(names: np.ndarray, fit_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
