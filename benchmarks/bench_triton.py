@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=256, help="LFW images per model (dlib gets a quarter)")
     ap.add_argument("--concurrency", type=int, default=4, help="Triton client calls in flight")
-    ap.add_argument("--batch", type=int, default=16, help="images per Triton call and per in-process call")
+    ap.add_argument("--batch", type=int, default=32, help="images per Triton call and per in-process call")
     args = ap.parse_args()
     zoo = face_zoo_dir()
     paths = sorted((zoo / "lfw" / "images").iterdir())[: args.images]
