@@ -30,7 +30,7 @@ from mapper.triton_client import TritonClient  # noqa: E402
 from service.client import MapperClient  # noqa: E402
 from service.gen import mapper_pb2 as pb  # noqa: E402
 from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
-from service.launcher import start_service  # noqa: E402
+from service.launcher import start_service, wait_port_file  # noqa: E402
 from service.store import SQLiteMapStore  # noqa: E402
 
 
@@ -46,14 +46,6 @@ def run_echo(port_file: str) -> None:
     server.start()
     Path(port_file).write_text(str(port))
     server.wait_for_termination()
-
-
-def wait_port(path: Path, proc: subprocess.Popen) -> int:
-    while not path.exists() or not path.read_text():
-        if proc.poll() is not None:
-            raise RuntimeError("server exited")
-        time.sleep(0.05)
-    return int(path.read_text())
 
 
 TRITON_MODEL_PY = """
@@ -145,7 +137,10 @@ def main() -> None:
     )
     echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "e.port")], cwd=ROOT)
     try:
-        addresses = {"translate": translate.address, "echo": f"127.0.0.1:{wait_port(tmp / 'e.port', echo)}"}
+        addresses = {
+            "translate": translate.address,
+            "echo": f"127.0.0.1:{wait_port_file(tmp / 'e.port', echo)}",
+        }
         triton = None
         if not args.no_triton:
             triton = TritonServer(tmp / "repo").start()

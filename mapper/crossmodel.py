@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .hub import CanonicalSpace
 from .maps import EmbeddingMap, LinearMap, RotationMap
-from .metrics import evaluate, tar_curve
+from .metrics import evaluate
 from .mlp import MLPMap
 from .templates import pair_scores, pool_templates
 
@@ -128,7 +128,7 @@ def cross_model_eval(
     def templates(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return pool_templates(x, protocol.template_ids, protocol.media_ids)
 
-    tids, _ = templates(embeddings[models[0]][:, :1] + 1)  # template order, shared by all
+    tids = np.unique(protocol.template_ids)  # the order pool_templates returns, shared by all
     pos = {t: k for k, t in enumerate(tids)}
     i = np.array([pos[t] for t in protocol.pairs[:, 0]])
     j = np.array([pos[t] for t in protocol.pairs[:, 1]])
@@ -136,8 +136,8 @@ def cross_model_eval(
 
     def score(A: np.ndarray, B: np.ndarray) -> tuple[dict[float, float], float, np.ndarray]:
         s = pair_scores(A, B, i, j)
-        v = evaluate(s, protocol.labels, fars, convention=convention)
-        return v.tar, v.auc, tar_curve(s, protocol.labels, CURVE_FARS)
+        v = evaluate(s, protocol.labels, fars, convention=convention, curve_fars=CURVE_FARS)
+        return v.tar, v.auc, v.curve
 
     k = len(models)
     for kind in kinds:

@@ -23,6 +23,7 @@ from service.launcher import start_service
 
 from . import train
 from .triton import TritonServer
+from .validation import l2_normalize
 from .zoo import face_zoo_dir, identity_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def try_the_service(address: str) -> None:
 
         sface, dlib = embed(SRC), embed(DST)
         translated, ref = client.translate(sface, SRC, DST)
-        unit = dlib / np.linalg.norm(dlib, axis=1, keepdims=True)
+        unit = l2_normalize(dlib)
         print(
             f"\nTranslate: {len(images)} SFace templates into dlib's space with {ref.map_id} v{ref.version};"
         )

@@ -81,22 +81,22 @@ class CanonicalSpace(BaseEstimator):
         start = prepared[widest][0][:, :dim]
         Z[:, : start.shape[1]] = start
         Z *= np.sqrt(n) / np.linalg.norm(Z)
-        weights: dict[str, np.ndarray] = {}
+        fits: dict[str, tuple[np.ndarray, float]] = {}  # model -> (rotation, scale) onto Z
         change, it = np.inf, 0
         while it < self.max_iter and change >= self.tol:
             it += 1
             Z_new = np.zeros_like(Z)
             for m, (xc, _) in prepared.items():
                 rotation, scale, _ = procrustes(xc, Z)
-                weights[m] = rotation * scale
-                Z_new += xc @ weights[m]
+                fits[m] = rotation, scale
+                Z_new += (xc @ rotation) * scale
             Z_new *= np.sqrt(n) / np.linalg.norm(Z_new)
             change = float(np.linalg.norm(Z_new - Z) / np.sqrt(n))
             Z = Z_new
         self.n_iter_ = it
         self.dim_ = dim
         self.models_ = list(prepared)
-        self.legs_ = {m: self._legs(m, xc, mean, Z, weights[m], groups) for m, (xc, mean) in prepared.items()}
+        self.legs_ = {m: self._legs(m, xc, mean, Z, fits[m], groups) for m, (xc, mean) in prepared.items()}
         self.fit_info_ = {
             "n_pairs": n,
             "n_identities": int(np.unique(groups).size) if groups is not None else None,
@@ -112,17 +112,16 @@ class CanonicalSpace(BaseEstimator):
         xc: np.ndarray,
         mean: np.ndarray,
         Z: np.ndarray,
-        weight: np.ndarray | None,
+        fit: tuple[np.ndarray, float] | None,
         groups: Any,
     ) -> tuple[AffineMap, AffineMap]:
-        """Forward and backward legs of one model, given its rotation (times scale) onto Z."""
+        """Forward and backward legs of one model; ``fit`` is its (rotation, scale) onto Z
+        when the caller has it."""
         if self.kind == "rotation":
-            if weight is None:
-                rotation, scale, _ = procrustes(xc, Z)
-                weight = rotation * scale
-            scale = float(np.linalg.norm(weight[:, 0] if weight.shape[0] >= weight.shape[1] else weight[0]))
+            rotation, scale = fit if fit is not None else procrustes(xc, Z)[:2]
+            weight = rotation * scale
             residual = float(((xc @ weight - Z) ** 2).sum() / (Z**2).sum())
-            fwd_weight, back_weight = weight, weight.T / scale**2
+            fwd_weight, back_weight = weight, rotation.T / scale
             fwd_info = {"scale": scale, "relative_residual": residual}
             back_info = {"scale": 1 / scale, "relative_residual": residual}
         else:

@@ -164,9 +164,14 @@ def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: st
 
 
 def save(obj: MapObject, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None) -> Path:
-    """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new."""
+    """Serialise ``obj`` and :func:`write` it."""
+    return write(path, dumps(obj, provenance))
+
+
+def write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write map-file bytes atomically (temporary file, fsync, rename): a crash leaves the old
+    file or the new."""
     path = Path(path)
-    data = dumps(obj, provenance)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

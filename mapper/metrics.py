@@ -122,13 +122,6 @@ def tar_at_far_ijbc(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
     return float(tpr[int(np.argmin(np.abs(fpr - far)))])
 
 
-def tar_curve(scores: np.ndarray, labels: np.ndarray, fars: np.ndarray) -> np.ndarray:
-    """Strict-convention TAR at each FAR in ``fars`` (for ROC plots on a log-FAR axis)."""
-    genuine, impostor = _split(scores, labels)
-    g, s = np.sort(genuine), np.sort(impostor)
-    return np.array([_sorted_tar(g, s, f) if f * s.size >= 1 else np.nan for f in fars])
-
-
 @dataclass(frozen=True)
 class Verification:
     """Summary of one verification experiment."""
@@ -139,6 +132,7 @@ class Verification:
     auc: float
     n_genuine: int
     n_impostor: int
+    curve: np.ndarray | None = None  # strict TAR at each of ``curve_fars``, for ROC plots
 
     def tar_label(self, far: float) -> str:
         return f"TAR@FAR={far:g} ({self.convention})"
@@ -149,8 +143,10 @@ def evaluate(
     labels: np.ndarray,
     fars: tuple[float, ...] = STANDARD_FARS,
     convention: str = "strict",
+    curve_fars: np.ndarray | None = None,
 ) -> Verification:
-    """TAR at each FAR in ``fars`` (by ``convention``), EER and AUC for one score set.
+    """TAR at each FAR in ``fars`` (by ``convention``), EER and AUC for one score set, and
+    with ``curve_fars`` the strict TAR at each of them (from the same sorted scores).
 
     FARs finer than 1 / n_impostor cannot be measured and are reported as NaN.
     """
@@ -176,4 +172,7 @@ def evaluate(
         auc=_sorted_auc(g, s),
         n_genuine=int(genuine.size),
         n_impostor=int(impostor.size),
+        curve=None
+        if curve_fars is None
+        else np.array([_sorted_tar(g, s, f) if f * s.size >= 1 else np.nan for f in curve_fars]),
     )

@@ -27,6 +27,11 @@ GPU_NATIVE = {
 }
 
 
+def _native_gpu(model: FaceModel) -> bool:
+    """Whether the GPU variant serves ``model`` on a native backend (else the python backend)."""
+    return model.runtime in GPU_NATIVE and model.name != "sface-2021dec-int8bq" and model is not DETECTOR
+
+
 def _tensor(name: str, dtype: str, dims: list[int]) -> str:
     return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
 
@@ -40,9 +45,7 @@ def config_pbtxt(model: FaceModel, *, gpu: bool = False, instances: int = 1) -> 
     else:
         inp = _tensor(model.input_name, "TYPE_FP32", [3, model.input_size, model.input_size])
         out = _tensor(model.output_name, "TYPE_FP32", [model.dim])
-    native = (
-        gpu and model.runtime in GPU_NATIVE and model.name != "sface-2021dec-int8bq" and model is not DETECTOR
-    )
+    native = gpu and _native_gpu(model)
     backend = GPU_NATIVE[model.runtime][0] if native else 'backend: "python"'
     kind = "KIND_GPU" if native else "KIND_CPU"
     lines = [
@@ -75,13 +78,7 @@ def write_repository(
         (folder / "1").mkdir(parents=True, exist_ok=True)
         (folder / "config.pbtxt").write_text(config_pbtxt(model, gpu=gpu))
         written.append(folder / "config.pbtxt")
-        native = (
-            gpu
-            and model.runtime in GPU_NATIVE
-            and model.name != "sface-2021dec-int8bq"
-            and model is not DETECTOR
-        )
-        if not native:
+        if not (gpu and _native_gpu(model)):
             (folder / "1" / "model.py").write_text(MODEL_PY)
             written.append(folder / "1" / "model.py")
             continue

@@ -25,7 +25,6 @@ import numpy as np
 
 from . import __version__, io
 from .cache import EmbeddingCache, embed_images
-from .catalog import map_id_of
 from .crossmodel import SUMMARY_FARS, Protocol, cross_model_eval, fit_maps
 from .embed import FaceEmbedder, LocalBackend, TritonBackend
 from .hub import CanonicalSpace
@@ -34,6 +33,7 @@ from .metrics import STANDARD_FARS, evaluate, tar_at_far_strict
 from .models import BUILTIN
 from .protocols import detections_from_landmarks, lfw_all_pairs, read_ijbc, write_ijbc
 from .report import fewshot_plot, short, write_report
+from .validation import l2_normalize
 from .zoo import face_zoo_dir, identity_of, identity_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +196,7 @@ def calibrate(m: EmbeddingMap, x_src: np.ndarray, x_dst: np.ndarray, ids: np.nda
     """Score thresholds at the standard FARs (strict), measured on cross-model pairs of the
     fitting images: stored with the map so the service can decide same/different."""
     a = m.transform(x_src)
-    b = x_dst / np.linalg.norm(x_dst, axis=1, keepdims=True)
+    b = l2_normalize(x_dst)
     iu = np.triu_indices(len(ids), 1)
     scores = (a @ b.T)[iu]
     same = (ids[:, None] == ids[None, :])[iu]
@@ -270,15 +270,14 @@ def template_security(emb_eval: dict, ids: np.ndarray, maps: dict) -> dict[str, 
     g_ids, p_ids = ids[gallery], ids[probes]
     models = list(emb_eval)
     out = {"gallery": int(gallery.size), "probes": int(probes.size), "pairs": {}}
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     for a in models:
         for b in models:
             if a == b:
                 continue
-            g = unit(emb_eval[b][gallery])
+            g = l2_normalize(emb_eval[b][gallery])
             row = {}
             for label, probe in (
-                ("without map", unit(emb_eval[a][probes])),
+                ("without map", l2_normalize(emb_eval[a][probes])),
                 ("with linear map", maps[a, b, "linear"].transform(emb_eval[a][probes])),
             ):
                 d = min(probe.shape[1], g.shape[1])
@@ -309,28 +308,23 @@ def security_table(sec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def publish(cfg: dict[str, Any], maps: dict, calibration: dict, provenance: dict, log: Any) -> list[str]:
+def publish(cfg: dict[str, Any], blobs: list[bytes], log: Any) -> list[str]:
+    """Publish map files into the store file and/or the running service."""
     published = []
-    blobs = []
-    for key, m in maps.items():
-        if key[2] == "hub":
-            continue  # served through the hub space itself
-        prov = {**provenance, "calibration": calibration.get(key, {})}
-        blobs.append((map_id_of(m), io.dumps(m, prov)))
     if cfg["store"]:
         from service.store import SQLiteMapStore
 
         store = SQLiteMapStore(cfg["store"])
-        for map_id, blob in blobs:
-            v = store.publish(blob).ref.version
-            published.append(f"{map_id} v{v}")
+        for blob in blobs:
+            ref = store.publish(blob).ref
+            published.append(f"{ref.map_id} v{ref.version}")
     if cfg["publish"]:
         from service.client import MapperClient
 
         with MapperClient(cfg["publish"], admin_token=cfg["admin_token"]) as client:
-            for map_id, blob in blobs:
-                info = client.put_mapping(blob)
-                published.append(f"{map_id} v{info.ref.version} -> {cfg['publish']}")
+            for blob in blobs:
+                ref = client.put_mapping(blob).ref
+                published.append(f"{ref.map_id} v{ref.version} -> {cfg['publish']}")
     log(f"published {len(published)} maps")
     return published
 
@@ -434,10 +428,6 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(("Template security: a leaked template, translated", security_table(sec)))
         extra["security"] = sec
 
-    calibration = {}
-    for (a, b, kind), m in maps.items():
-        sub = np.flatnonzero(fit)[:2000]
-        calibration[a, b, kind] = calibrate(m, emb[a][sub], emb[b][sub], ids[sub])
     versions = {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__}
     provenance = {
         "dataset": f"LFW ({len(names)} images)",
@@ -447,24 +437,21 @@ def main(argv: list[str] | None = None) -> int:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions,
     }
+    # Each map file is serialised once: written to the report folder and published as is.
+    sub = np.flatnonzero(fit)[:2000]
+    files = {}
+    for (a, b, kind), m in maps.items():
+        if kind == "hub":
+            continue  # served through the hub space itself
+        calibration = calibrate(m, emb[a][sub], emb[b][sub], ids[sub])
+        files[f"{a}__{b}.{kind}.safetensors"] = io.dumps(m, {**provenance, "calibration": calibration})
+    if hub is not None:
+        files["hub.safetensors"] = io.dumps(hub, provenance)
     maps_dir = out / "maps"
     maps_dir.mkdir(exist_ok=True)
-    for (a, b, kind), m in maps.items():
-        if kind != "hub":
-            io.save(
-                m,
-                maps_dir / f"{a}__{b}.{kind}.safetensors",
-                {**provenance, "calibration": calibration[a, b, kind]},
-            )
-    if hub is not None:
-        io.save(hub, maps_dir / "hub.safetensors", provenance)
-    published = (
-        publish(cfg, {k: v for k, v in maps.items()}, calibration, provenance, log)
-        if cfg["store"] or cfg["publish"]
-        else []
-    )
-    if hub is not None and (cfg["store"] or cfg["publish"]):
-        published += publish_hub(cfg, hub, provenance)
+    for name, blob in files.items():
+        io.write(maps_dir / name, blob)
+    published = publish(cfg, list(files.values()), log) if cfg["store"] or cfg["publish"] else []
 
     extra["config"] = {k: v for k, v in cfg.items() if k != "admin_token"}
     extra["provenance"] = provenance
@@ -493,18 +480,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind:<10}" + "".join(f"{values[f]:>12.4f}" for f in SUMMARY_FARS))
     log(f"report: {report}")
     return 0
-
-
-def publish_hub(cfg: dict[str, Any], hub: CanonicalSpace, provenance: dict) -> list[str]:
-    blob = io.dumps(hub, provenance)
-    if cfg["store"]:
-        from service.store import SQLiteMapStore
-
-        return [f"hub:{hub.name} v{SQLiteMapStore(cfg['store']).publish(blob).ref.version}"]
-    from service.client import MapperClient
-
-    with MapperClient(cfg["publish"], admin_token=cfg["admin_token"]) as client:
-        return [f"hub:{hub.name} v{client.put_mapping(blob).ref.version}"]
 
 
 if __name__ == "__main__":

@@ -28,13 +28,14 @@ from .protocols import PairList, read_lfw_pairs, view2_accuracy
 from .report import heatmaps, matrix_table
 from .triton import TritonServer
 from .triton_client import TritonClient
+from .validation import l2_normalize
 from .zoo import face_zoo_dir, identity_of, load_lfw_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _scores(emb: np.ndarray, index: dict[str, int], left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    e = l2_normalize(emb)
     return np.einsum("ij,ij->i", e[[index[n] for n in left]], e[[index[n] for n in right]])
 
 
@@ -163,7 +164,7 @@ def cross_model_view2(
     right = np.array([index[n] for n in pairs.right])
     k = len(models)
     scores = {(a, b, kind): np.zeros(len(left)) for a in models for b in models for kind in kinds}
-    unit = {m: e / np.linalg.norm(e, axis=1, keepdims=True) for m, e in embedded.items()}
+    unit = {m: l2_normalize(e) for m, e in embedded.items()}
     for fold in np.unique(pairs.fold):
         in_fold = pairs.fold == fold
         li, ri = left[in_fold], right[in_fold]

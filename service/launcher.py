@@ -72,10 +72,19 @@ def start_service(
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = wait_port_file(port_file, proc, timeout)
+    except RuntimeError as e:
+        raise RuntimeError(f"mapper-serve did not start:\n{log.read_text()}") from e
+    return ServiceProcess(proc, port, metrics_port, log)
+
+
+def wait_port_file(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """The port a starting server writes into ``port_file``; kills it if it exits or is late."""
     deadline = time.monotonic() + timeout
     while not port_file.exists() or not port_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"mapper-serve did not start:\n{log.read_text()}")
+            raise RuntimeError(f"no port in {port_file} after {timeout:.0f} s")
         time.sleep(0.05)
-    return ServiceProcess(proc, int(port_file.read_text()), metrics_port, log)
+    return int(port_file.read_text())

@@ -119,7 +119,9 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         self.admin_token = admin_token
         self.max_batch = max_batch
         self.embedder = embedder
-        self.catalog = Catalog()
+        # What is served: the catalog and each map's calibration ({FAR: threshold}), swapped
+        # together as one reference so a reader always sees a consistent pair.
+        self._served: tuple[Catalog, dict[str, dict[str, float]]] = (Catalog(), {})
         self._generation = -1
         self._reload_lock = threading.Lock()
         self.reload()
@@ -137,14 +139,16 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
                 STORE_ERRORS.inc()
                 log.exception("store read failed; still serving %d maps", len(self.catalog))
                 return False
-            entries = []
+            entries, calibration = [], {}
             for m in stored:
                 try:
                     entries.append((m.ref, io.loads(m.data or b"", m.ref.map_id)))
                 except ValueError:
                     STORE_ERRORS.inc()
                     log.exception("skipping unreadable stored map %s v%d", m.ref.map_id, m.ref.version)
-            self.catalog = Catalog(entries)  # one reference swap: readers see old or new
+                    continue
+                calibration[m.ref.map_id] = m.metadata.get("provenance", {}).get("calibration", {})
+            self._served = (Catalog(entries), calibration)
             self._generation = generation
             MAP_VERSION.clear()
             for ref in self.catalog.refs():
@@ -152,6 +156,10 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             MAPS_LOADED.set(len(self.catalog))
             log.info(json.dumps({"event": "maps_loaded", "generation": generation, "maps": len(entries)}))
             return True
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._served[0]
 
     def check_admin(self, context: grpc.ServicerContext) -> None:
         if not self.admin_token:
@@ -206,25 +214,25 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         b = self._batch(request.b, "b")
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a and b must hold the same number of rows: {a.shape[0]} != {b.shape[0]}")
+        catalog, calibrations = self._served
         reply = pb.CompareResponse(space=request.model_b)
-        meta: dict[str, Any] = {}
+        calibration: dict[str, float] = {}
         if request.model_a == request.model_b:
-            dims = self.catalog.models()
+            dims = catalog.models()
             if request.model_a not in dims:
                 raise MapNotFound(f"unknown model {request.model_a!r}; models with maps: {sorted(dims)}")
             a_b = l2_normalize(check_embeddings(a, name="a", dim=dims[request.model_a]))
         else:
             kind = convert.KIND_NAMES.get(request.kind, "any")
-            m, ref = self.catalog.resolve(request.model_a, request.model_b, kind)
+            m, ref = catalog.resolve(request.model_a, request.model_b, kind)
             a_b = l2_normalize(m.transform(a), copy=False)
             reply.map.CopyFrom(convert.ref_to_pb(ref))
-            meta = self.store.get(ref.map_id, ref.version).metadata
+            calibration = calibrations.get(ref.map_id, {})
             TRANSLATED.labels(request.model_a, request.model_b).inc(a.shape[0])
         b = l2_normalize(check_embeddings(b, name="b", dim=a_b.shape[1]))
         scores = np.einsum("ij,ij->i", a_b, b)
         reply.scores.extend(scores.tolist())
         if request.far > 0:
-            calibration = meta.get("provenance", {}).get("calibration", {})
             key = f"{request.far:g}"
             if key not in calibration:
                 raise ValueError(
