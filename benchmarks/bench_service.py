@@ -1,15 +1,19 @@
 """Translate over loopback against a bare gRPC echo service carrying the same payload, and
 against the same map served by Triton as a python-backend model.
 
-The servers run as separate processes; the echo server parses the request and returns
+The servers run as separate processes. The echo server parses the request and returns
 its embeddings unchanged, so the difference is what the translation service adds (map
-lookup, validation, the map's matrix product, metrics). Prints embeddings/s and p50/p99
-latency per batch size, and the ratios to the echo.
+lookup, validation, the map's matrix product, normalisation, metrics). A second echo,
+"echo+X@W", multiplies the embeddings by a (dim, dim) float32 matrix before replying: the
+least work any server applying a map must do, so translate / echo+X@W says how close the
+service comes to that floor. Prints embeddings/s and p50/p99 latency per batch size, and
+the ratios. ``--pin`` puts the servers on one CPU and the load generator on the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,13 +40,25 @@ from service.store import SQLiteMapStore  # noqa: E402
 
 
 class Echo(pb_grpc.MapperServiceServicer):
+    """Returns the request's embeddings; with ``dim``, first multiplies them by a random
+    (dim, dim) float32 matrix: the least work any server that applies a map must do."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        rng = np.random.default_rng(0)
+        self.weight = None if dim is None else rng.standard_normal((dim, dim), np.float32)
+
     def Translate(self, request, context):  # noqa: N802
-        return pb.TranslateResponse(embeddings=request.embeddings, request_id=request.request_id)
+        if self.weight is None:
+            return pb.TranslateResponse(embeddings=request.embeddings, request_id=request.request_id)
+        x = np.frombuffer(request.embeddings.data, np.float32).reshape(request.embeddings.rows, -1)
+        y = pb.Embeddings(rows=x.shape[0], dim=x.shape[1], data=(x @ self.weight).tobytes())
+        return pb.TranslateResponse(embeddings=y, request_id=request.request_id)
 
 
-def run_echo(port_file: str) -> None:
+def run_echo(port_file: str, matmul_dim: int | None) -> None:
+    threadpool_limits(1, user_api="blas")  # as mapper-serve's default
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    pb_grpc.add_MapperServiceServicer_to_server(Echo(), server)
+    pb_grpc.add_MapperServiceServicer_to_server(Echo(matmul_dim), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     Path(port_file).write_text(str(port))
@@ -114,10 +131,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--dim", type=int, default=512, help="embedding dimension (the zoo's models: 128-256)")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton-served map")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on the last CPU, the load generator on the others (as if it were another host)",
+    )
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--echo-matmul", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo_server:
-        return run_echo(args.echo_server)
+        return run_echo(args.echo_server, args.dim if args.echo_matmul else None)
 
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -132,33 +156,48 @@ def main() -> None:
     (tmp / "repo" / "map" / "1" / "model.py").write_text(
         TRITON_MODEL_PY.format(path=str(tmp / "map.safetensors"))
     )
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two or more CPUs")
+        os.sched_setaffinity(0, cpus[-1:])  # inherited by every server process started below
     translate = start_service(
         tmp / "maps.sqlite", "--metrics-port", "-1", "--log-level", "WARNING", workdir=tmp
     )
-    echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(tmp / "e.port")], cwd=ROOT)
+    echoes = {
+        name: subprocess.Popen(
+            [sys.executable, __file__, "--echo-server", str(tmp / f"{name}.port"), "--dim", str(d), *flags],
+            cwd=ROOT,
+        )
+        for name, flags in (("echo", []), ("echo+X@W", ["--echo-matmul"]))
+    }
     try:
-        addresses = {
-            "translate": translate.address,
-            "echo": f"127.0.0.1:{wait_port_file(tmp / 'e.port', echo)}",
-        }
+        addresses = {"translate": translate.address}
+        for name, proc in echoes.items():
+            addresses[name] = f"127.0.0.1:{wait_port_file(tmp / f'{name}.port', proc)}"
         triton = None
         if not args.no_triton:
             triton = TritonServer(tmp / "repo").start()
             addresses["triton"] = triton.url
-        print(f"{args.clients} client threads, {args.seconds:.0f} s per point, {d}-d float32, loopback")
+        for task in os.listdir("/proc/self/task"):  # every thread, gRPC's own included
+            os.sched_setaffinity(int(task), cpus[:-1] if args.pin else cpus)
+        where = f"servers on CPU {cpus[-1]}, clients on {cpus[:-1]}" if args.pin else "shared CPUs"
+        print(f"{args.clients} client threads, {args.seconds:.0f} s per point, {d}-d float32, {where}")
         print(f"{'batch':>6} {'server':<10} {'emb/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-        for batch in (1, 32, 256):
+        for batch in args.batches:
             res = {}
             for name, address in addresses.items():
                 res[name] = load(address, batch, args.clients, args.seconds, d, triton=name == "triton")
                 thr, p50, p99 = res[name]
                 print(f"{batch:>6} {name:<10} {thr:>10,.0f} {p50:>8.2f} {p99:>8.2f}")
-            ratios = ", ".join(f"{n} / echo {res[n][0] / res['echo'][0]:.2f}x" for n in res if n != "echo")
-            print(f"{'':>6} throughput: {ratios}")
+            ratios = [f"{n} / echo {res[n][0] / res['echo'][0]:.2f}x" for n in res if n != "echo"]
+            ratios.append(f"translate / echo+X@W {res['translate'][0] / res['echo+X@W'][0]:.2f}x")
+            print(f"{'':>6} throughput: {', '.join(ratios)}")
     finally:
         translate.stop()
-        echo.terminate()
-        echo.wait()
+        for proc in echoes.values():
+            proc.terminate()
+            proc.wait()
         if triton:
             triton.stop()
 

@@ -43,7 +43,9 @@ class Catalog:
     def __init__(self, entries: Iterable[tuple[MapRef, MapObject]] = ()) -> None:
         self._maps: dict[str, tuple[MapRef, MapObject]] = {ref.map_id: (ref, obj) for ref, obj in entries}
         self._hubs = [(ref, obj) for ref, obj in self._maps.values() if isinstance(obj, CanonicalSpace)]
-        self.hub_mapping = lru_cache(maxsize=1024)(self._hub_mapping)
+        # Immutable, so answers can be cached: a service resolves on every call, and a hub's
+        # composed source -> target map is built once. Errors are not cached.
+        self.resolve = lru_cache(maxsize=4096)(self._resolve)
         self._models = self._collect_models()
 
     def __len__(self) -> int:
@@ -67,12 +69,7 @@ class Catalog:
                 dims[obj.target_id] = obj.n_features_out_
         return dims
 
-    def _hub_mapping(self, hub_id: str, source: str, target: str) -> EmbeddingMap:
-        hub = self._maps[hub_id][1]
-        assert isinstance(hub, CanonicalSpace)
-        return hub.mapping(source, target)
-
-    def resolve(self, source: str, target: str, kind: str = "any") -> tuple[EmbeddingMap, MapRef]:
+    def _resolve(self, source: str, target: str, kind: str = "any") -> tuple[EmbeddingMap, MapRef]:
         """The map for source -> target of ``kind`` ("any": direct first, then a hub)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -88,6 +85,6 @@ class Catalog:
         if kind in ("any", "hub"):
             for ref, hub in self._hubs:
                 if source in hub.legs_ and target in hub.legs_:
-                    return self.hub_mapping(ref.map_id, source, target), ref
+                    return hub.mapping(source, target), ref
         available = sorted(r.map_id for r in self.refs())
         raise MapNotFound(f"no {kind} map from {source!r} to {target!r}; maps served: {available}")

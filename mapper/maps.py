@@ -5,10 +5,13 @@ else to be used: optional L2 normalisation of the input, subtraction of the sour
 the fitted transform, addition of the target mean (so the output lives in the target
 model's own space and compares with its native templates), optional L2 normalisation of
 the output. Centring matters with real models: dlib's embeddings are far from zero-mean.
+With input normalisation a zero row (a failed enrolment stored as zeros) maps to a zero
+row: a null template stays null instead of becoming the mapped mean face.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, ClassVar
 
@@ -17,7 +20,16 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted
 
-from .validation import EmbeddingError, FitError, check_embeddings, check_finite, check_pairs, l2_normalize
+from .validation import (
+    MIN_NORM,
+    EmbeddingError,
+    FitError,
+    check_embeddings,
+    check_finite,
+    check_pairs,
+    inverse_norms,
+    l2_normalize,
+)
 
 #: Ridge penalties tried by cross-validation. Inputs are L2-normalised by default, so the
 #: Gram matrix's eigenvalues are about n/d and this grid spans "almost none" to "strong".
@@ -37,7 +49,9 @@ def _rank(values: np.ndarray, shape: tuple[int, int], reference: float) -> int:
     return int((values > reference * max(shape) * np.finfo(np.float64).eps).sum())
 
 
-class EmbeddingMap(TransformerMixin, BaseEstimator):
+# auto_wrap_output_keys=None: no set_output wrapping of transform (pandas output has no use
+# for embeddings, and the wrapper costs about 10 us per call on a service's hot path).
+class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Base class: an affine map ``y = (n(x) - source_mean_) @ weight_ + target_mean_``.
 
     Subclasses implement :meth:`_fit_centered`; everything else (validation, preprocessing,
@@ -132,35 +146,43 @@ class EmbeddingMap(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Map (n, d_source) source embeddings to (n, d_target) target-space embeddings.
 
-        The output has X's float dtype (float32 in, float32 out). Works in row blocks so
-        that the passes after the matmul run on cache-resident data; the input's squared
-        norms double as the NaN/Inf check (NaN and Inf propagate into them).
+        The output has X's float dtype (float32 in, float32 out). Large inputs go in row
+        blocks so that the passes after the matmul run on cache-resident data.
         """
         if not hasattr(self, "bias_"):  # sklearn's check_is_fitted is slow on a hot path
             check_is_fitted(self, "weight_")
         X = check_embeddings(X, name="X", dim=self.n_features_in_, finite=False)
-        W, bias = self._params_as(X.dtype)
-        out = np.empty((X.shape[0], W.shape[1]), X.dtype)
+        if X.shape[0] <= _BLOCK:  # a service's usual request: no block loop
+            return self._apply(X, np.empty((X.shape[0], self.n_features_out_), X.dtype))
+        out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
         for start in range(0, X.shape[0], _BLOCK):
-            xb, yb = X[start : start + _BLOCK], out[start : start + _BLOCK]
-            norms = np.einsum("ij,ij->i", xb, xb)
-            if not np.isfinite(norms).all():
-                check_finite(X, "X")  # raises with the row numbers
-                raise EmbeddingError("X has values too large to normalise; rescale the input")
-            np.matmul(xb, W, out=yb)
-            if not self.normalize_input:
-                yb += bias
-            elif self.normalize_output:
-                # xW/|x| + b and xW + |x|b differ by the positive factor |x| per row, which the
-                # output normalisation removes: one pass saved.
-                yb += np.multiply.outer(np.sqrt(norms, out=norms), bias)
-            else:
-                np.sqrt(norms, out=norms)
-                norms[norms == 0] = 1
-                yb *= (1 / norms)[:, None]
-                yb += bias
-            if self.normalize_output:
-                l2_normalize(yb, copy=False)
+            try:
+                self._apply(X[start : start + _BLOCK], out[start : start + _BLOCK])
+            except EmbeddingError:
+                check_finite(X, "X")  # raises with the row numbers of the whole input
+                raise
+        return out
+
+    def _apply(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The map on one block, written into ``out``: as few numpy calls as the options
+        allow, since for small requests each call's overhead outweighs its arithmetic."""
+        W, bias = self._params_as(x.dtype)
+        # The input's squared norms double as the NaN/Inf check (NaN and Inf propagate).
+        norms = np.einsum("ij,ij->i", x, x)
+        if not math.isfinite(norms.sum()):
+            check_finite(x, "X")  # raises with the row numbers
+            raise EmbeddingError("X has values too large to normalise; rescale the input")
+        np.matmul(x, W, out=out)
+        if not self.normalize_input:
+            out += bias
+        else:
+            # xW/|x| + b = (xW + |x|b)/|x|. Written this way a zero row (no face) stays zero,
+            # and when the output is normalised the division by |x| is not needed at all.
+            out += np.sqrt(norms, out=norms)[:, None] * bias
+            if not self.normalize_output:
+                out /= np.maximum(norms, MIN_NORM)[:, None]
+        if self.normalize_output:
+            out *= inverse_norms(np.einsum("ij,ij->i", out, out))[:, None]
         return out
 
     def _inverse_weight(self) -> np.ndarray:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
+#: Rows are normalised by max(norm, MIN_NORM), torch's F.normalize convention: zero rows
+#: stay zero, nothing divides by zero, and the factor stays finite in float32.
+MIN_NORM = 1e-12
 
 
 class EmbeddingError(ValueError):
@@ -49,7 +52,6 @@ def check_finite(arr: np.ndarray, name: str = "X") -> None:
     if not ok.all():
         bad = np.flatnonzero(~ok)
         raise EmbeddingError(f"{name} contains NaN or Inf in {bad.size} row(s), first at row {int(bad[0])}")
-    return np.ascontiguousarray(arr)
 
 
 def check_pairs(x: object, y: object, *, min_pairs: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +68,14 @@ def check_pairs(x: object, y: object, *, min_pairs: int = 2) -> tuple[np.ndarray
 
 
 def l2_normalize(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms == 0] = 1
+    """Rows of (n, d) ``x`` divided by max(norm, MIN_NORM): unit rows, zero rows stay zero."""
     out = x.copy() if copy else x
-    out *= (1 / norms)[:, None]  # one division per row, then multiplies
+    out *= inverse_norms(np.einsum("ij,ij->i", x, x))[:, None]  # n divisions, then multiplies
     return out
+
+
+def inverse_norms(squared: np.ndarray) -> np.ndarray:
+    """1 / max(sqrt(squared), MIN_NORM) for (n,) squared row norms, computed in place."""
+    np.sqrt(squared, out=squared)
+    np.maximum(squared, MIN_NORM, out=squared)
+    return np.divide(1, squared, out=squared)

@@ -58,6 +58,12 @@ MAPS_LOADED = prom.Gauge("mapper_maps_loaded", "Maps and hubs held in memory")
 STORE_ERRORS = prom.Counter("mapper_store_errors_total", "Failed store reads or writes")
 
 
+@functools.lru_cache(maxsize=4096)
+def _translated(source: str, target: str) -> Any:
+    """TRANSLATED's child for a model pair (called only after the pair resolved to a map)."""
+    return TRANSLATED.labels(source, target)
+
+
 class LimitExceeded(Exception):
     """A request over the configured batch limits (RESOURCE_EXHAUSTED)."""
 
@@ -83,23 +89,27 @@ def _status_for(exc: BaseException) -> grpc.StatusCode | None:
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Metrics, the admin check and error-to-status mapping around one unary RPC."""
     name = method.__name__
+    admin = name in ADMIN_METHODS
+    # Children bound once: a labels() lookup per call costs more than the count itself.
+    ok, latency = REQUESTS.labels(name, "OK"), LATENCY.labels(name)
 
     @functools.wraps(method)
     def wrapper(self: MapperServicer, request: Any, context: grpc.ServicerContext) -> Any:
         t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
         try:
-            if name in ADMIN_METHODS:
+            if admin:
                 self.check_admin(context)
-            return method(self, request, context)
+            reply = method(self, request, context)
+            ok.inc()
+            return reply
         except Exception as exc:
             code = _status_for(exc) or grpc.StatusCode.INTERNAL
+            REQUESTS.labels(name, code.name).inc()
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("internal error in %s", name)
             context.abort(code, str(exc) if code is not grpc.StatusCode.INTERNAL else "internal error")
         finally:
-            REQUESTS.labels(name, code.name).inc()
-            LATENCY.labels(name).observe(time.perf_counter() - t0)
+            latency.observe(time.perf_counter() - t0)
 
     return wrapper
 
@@ -180,7 +190,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         x = self._batch(request.embeddings, "embeddings")
         m, ref = self.catalog.resolve(request.source_model, request.target_model, kind)
         y = m.transform(x)
-        TRANSLATED.labels(request.source_model, request.target_model).inc(x.shape[0])
+        _translated(request.source_model, request.target_model).inc(x.shape[0])
         return pb.TranslateResponse(
             embeddings=convert.from_array(y), map=convert.ref_to_pb(ref), request_id=request.request_id
         )
@@ -228,7 +238,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             a_b = l2_normalize(m.transform(a), copy=False)
             reply.map.CopyFrom(convert.ref_to_pb(ref))
             calibration = calibrations.get(ref.map_id, {})
-            TRANSLATED.labels(request.model_a, request.model_b).inc(a.shape[0])
+            _translated(request.model_a, request.model_b).inc(a.shape[0])
         b = l2_normalize(check_embeddings(b, name="b", dim=a_b.shape[1]))
         scores = np.einsum("ij,ij->i", a_b, b)
         reply.scores.extend(scores.tolist())

@@ -133,14 +133,32 @@ def test_dtype_is_preserved_and_float32_matches_float64():
     np.testing.assert_allclose(np.linalg.norm(out64, axis=1), 1.0, atol=1e-12)
 
 
-def test_transform_equals_explicit_preprocessing():
+@pytest.mark.parametrize("normalize_input", [True, False])
+@pytest.mark.parametrize("normalize_output", [True, False])
+def test_transform_equals_explicit_preprocessing(normalize_input, normalize_output):
     rng = np.random.default_rng(11)
     X, Y = rng.standard_normal((300, 10)) + 2, rng.standard_normal((300, 6)) - 1
-    m = RotationMap().fit(X, Y)
-    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    options = {"normalize_input": normalize_input, "normalize_output": normalize_output}
+    m = RotationMap(**options).fit(X, Y)
+    # More rows than one transform block, and a zero row (a failed enrolment).
+    Xt = np.vstack([rng.standard_normal((2500, 10)) + 2, np.zeros((1, 10))])
+    Xn = Xt / np.linalg.norm(Xt, axis=1, keepdims=True).clip(1e-300) if normalize_input else Xt
     expected = (Xn - m.source_mean_) @ m.weight_ + m.target_mean_
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(m.transform(X), expected, atol=1e-12)
+    if normalize_output:
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    if normalize_input:
+        expected[-1] = 0  # a null template stays null
+    np.testing.assert_allclose(m.transform(Xt), expected, atol=1e-12)
+    np.testing.assert_allclose(m.transform(Xt[:5].astype(np.float32)), expected[:5], atol=1e-6)
+
+
+def test_non_finite_row_is_reported_by_its_place_in_the_whole_input():
+    rng = np.random.default_rng(13)
+    m = LinearMap(alpha=1.0).fit(rng.standard_normal((100, 8)), rng.standard_normal((100, 8)))
+    X = rng.standard_normal((3000, 8))
+    X[2100, 5] = np.nan  # in the third block
+    with pytest.raises(ValueError, match="NaN or Inf in 1 row.*row 2100"):
+        m.transform(X)
 
 
 def test_compose_equals_applying_in_turn():
