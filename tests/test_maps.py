@@ -8,7 +8,7 @@ from scipy.linalg import orthogonal_procrustes
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from mapper import AffineMap, LinearMap, RotationMap, compose
+from mapper import AffineMap, LinearMap, RotationMap, compose, maps
 
 from .conftest import random_orthogonal
 
@@ -135,12 +135,13 @@ def test_dtype_is_preserved_and_float32_matches_float64():
 
 @pytest.mark.parametrize("normalize_input", [True, False])
 @pytest.mark.parametrize("normalize_output", [True, False])
-def test_transform_equals_explicit_preprocessing(normalize_input, normalize_output):
+def test_transform_equals_explicit_preprocessing(normalize_input, normalize_output, monkeypatch):
+    monkeypatch.setattr(maps, "_BLOCK", 1000)
     rng = np.random.default_rng(11)
     X, Y = rng.standard_normal((300, 10)) + 2, rng.standard_normal((300, 6)) - 1
     options = {"normalize_input": normalize_input, "normalize_output": normalize_output}
     m = RotationMap(**options).fit(X, Y)
-    # More rows than one transform block, and a zero row (a failed enrolment).
+    # Three transform blocks, and a zero row (a failed enrolment).
     Xt = np.vstack([rng.standard_normal((2500, 10)) + 2, np.zeros((1, 10))])
     Xn = Xt / np.linalg.norm(Xt, axis=1, keepdims=True).clip(1e-300) if normalize_input else Xt
     expected = (Xn - m.source_mean_) @ m.weight_ + m.target_mean_
@@ -152,7 +153,8 @@ def test_transform_equals_explicit_preprocessing(normalize_input, normalize_outp
     np.testing.assert_allclose(m.transform(Xt[:5].astype(np.float32)), expected[:5], atol=1e-6)
 
 
-def test_non_finite_row_is_reported_by_its_place_in_the_whole_input():
+def test_non_finite_row_is_reported_by_its_place_in_the_whole_input(monkeypatch):
+    monkeypatch.setattr(maps, "_BLOCK", 1000)
     rng = np.random.default_rng(13)
     m = LinearMap(alpha=1.0).fit(rng.standard_normal((100, 8)), rng.standard_normal((100, 8)))
     X = rng.standard_normal((3000, 8))
