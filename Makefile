@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_payload.py
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_service.py --pin
 	$(BIN)/python benchmarks/bench_triton.py
 	$(BIN)/python benchmarks/bench_migrate.py
 
