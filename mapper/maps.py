@@ -51,8 +51,6 @@ def _rank(values: np.ndarray, shape: tuple[int, int], reference: float) -> int:
     return int((values > reference * max(shape) * np.finfo(np.float64).eps).sum())
 
 
-# auto_wrap_output_keys=None: no set_output wrapping of transform (pandas output has no use
-# for embeddings, and the wrapper costs about 10 us per call on a service's hot path).
 class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Base class: an affine map ``y = (n(x) - source_mean_) @ weight_ + target_mean_``.
 
@@ -66,6 +64,11 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """
 
     kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # No sklearn set_output wrapping of transform, here or in subclasses: pandas output
+        # has no use for embeddings, and the wrapper costs about 10 us a call on a hot path.
+        super().__init_subclass__(auto_wrap_output_keys=None, **kwargs)
 
     def __init__(
         self,
