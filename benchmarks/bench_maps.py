@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import time
+import timeit
 import tracemalloc
 import warnings
-from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,15 +47,6 @@ def synthetic_models(k: int, n: int, d: int, seed: int = 0) -> dict[str, np.ndar
     return out
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=10)
@@ -83,9 +74,10 @@ def main() -> None:
     m = LinearMap(alpha=1.0).fit(models[names[0]], models[names[1]])
     X = np.random.default_rng(1).standard_normal((args.translate, d)).astype(np.float32)
     W = m.weight_.astype(np.float32)
-    floor = best_of(lambda: X @ W, args.repeats)  # allocates its output, like transform
+    # X @ W allocates its output, like transform.
+    floor = min(timeit.repeat(lambda: X @ W, number=1, repeat=args.repeats))
     with phase(f"translate {args.translate:,} x {d} float32") as info:
-        t = best_of(lambda: m.transform(X), args.repeats)
+        t = min(timeit.repeat(lambda: m.transform(X), number=1, repeat=args.repeats))
         info["note"] = f"best of {args.repeats}: {t:.2f} s"
     print(
         f"\ntranslate {args.translate:,} embeddings: map {t:.2f} s, bare matmul {floor:.2f} s, "

@@ -6,7 +6,7 @@ and prints size and time; the proto's Embeddings message uses the winner.
 
 from __future__ import annotations
 
-import time
+import timeit
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -30,13 +30,8 @@ def repeated_float_message() -> type:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("bench.Floats"))
 
 
-def best(fn, repeats: int = 7) -> float:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return min(out)
+def best(fn) -> float:
+    return min(timeit.repeat(fn, number=1, repeat=7))
 
 
 def main() -> None:

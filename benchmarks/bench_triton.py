@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+import timeit
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,12 +25,7 @@ from mapper.zoo import face_zoo_dir  # noqa: E402
 
 def rate(fn, n: int, repeats: int = 2) -> float:
     """Best images/s over ``repeats`` runs of fn() (which processes n images)."""
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+    return n / min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def main() -> None:

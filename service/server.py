@@ -235,7 +235,9 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         else:
             kind = convert.KIND_NAMES.get(request.kind, "any")
             m, ref = catalog.resolve(request.model_a, request.model_b, kind)
-            a_b = l2_normalize(m.transform(a), copy=False)
+            a_b = m.transform(a)
+            if not m.normalize_output:  # scores are cosines; most maps already give unit rows
+                l2_normalize(a_b, copy=False)
             reply.map.CopyFrom(convert.ref_to_pb(ref))
             calibration = calibrations.get(ref.map_id, {})
             _translated(request.model_a, request.model_b).inc(a.shape[0])
@@ -320,88 +322,37 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
 
 
 # -- running the server ------------------------------------------------------------------------
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get(f"MAPPER_{name.upper()}", default)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mapper-serve",
         description="Serve fitted face-embedding maps over gRPC (translate, compare, manage maps). "
         "Every flag can also be set by an environment variable MAPPER_<FLAG> (e.g. MAPPER_PORT).",
     )
-    ap.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind (default %(default)s)")
-    ap.add_argument("--port", type=int, default=int(_env("port", 50051)), help="gRPC port, 0 = any free port")
-    ap.add_argument(
-        "--store", default=_env("store", "maps.sqlite"), help="SQLite map store file (created if new)"
-    )
-    ap.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("metrics_port", 9100)),
-        help="Prometheus /metrics HTTP port, -1 = off",
-    )
-    ap.add_argument(
-        "--admin-token",
-        default=_env("admin_token", None),
-        help="token required by PutMapping/DeleteMapping/RollbackMapping (Bearer)",
-    )
-    ap.add_argument("--tls-cert", default=_env("tls_cert", None), help="PEM server certificate (enables TLS)")
-    ap.add_argument("--tls-key", default=_env("tls_key", None), help="PEM server private key")
-    ap.add_argument(
-        "--tls-client-ca",
-        default=_env("tls_client_ca", None),
-        help="PEM CA bundle: require and verify client certificates (mutual TLS)",
-    )
-    ap.add_argument(
-        "--max-batch",
-        type=int,
-        default=int(_env("max_batch", 65536)),
-        help="most embeddings or images per request",
-    )
-    ap.add_argument(
-        "--max-message-mb",
-        type=int,
-        default=int(_env("max_message_mb", 256)),
-        help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED",
-    )
-    ap.add_argument("--workers", type=int, default=int(_env("workers", 16)), help="RPC worker threads")
-    ap.add_argument(
-        "--reload-interval",
-        type=float,
-        default=float(_env("reload_interval", 2.0)),
-        help="seconds between checks of the store for new map versions",
-    )
-    ap.add_argument(
-        "--blas-threads",
-        type=int,
-        default=int(_env("blas_threads", 1)),
-        help="BLAS threads per call; requests already run in parallel (default %(default)s)",
-    )
-    ap.add_argument(
-        "--grace",
-        type=float,
-        default=float(_env("grace", 10.0)),
-        help="seconds in-flight calls get to finish on SIGTERM",
-    )
-    ap.add_argument(
-        "--triton-url",
-        default=_env("triton_url", None),
-        help="Triton gRPC address (host:port) serving the face models; enables Embed",
-    )
-    ap.add_argument(
-        "--weights-dir",
-        default=_env("weights_dir", None),
-        help="folder of model folders, for dlib's landmark model (default: <face zoo>/models)",
-    )
-    ap.add_argument(
-        "--triton-timeout",
-        type=float,
-        default=float(_env("triton_timeout", 30.0)),
-        help="seconds each Triton call may take before Embed answers UNAVAILABLE",
-    )
+
+    def flag(name: str, default: Any, help: str, type: Callable[[str], Any] = str) -> None:
+        # argparse converts a string default with `type`, so MAPPER_<FLAG> is checked like the flag.
+        env = f"MAPPER_{name.upper().replace('-', '_')}"
+        ap.add_argument(f"--{name}", type=type, default=os.environ.get(env, default), help=help)
+
+    flag("host", "127.0.0.1", "address to bind (default %(default)s)")
+    flag("port", 50051, "gRPC port, 0 = any free port", int)
+    flag("store", "maps.sqlite", "SQLite map store file (created if new)")
+    flag("metrics-port", 9100, "Prometheus /metrics HTTP port, -1 = off", int)
+    flag("admin-token", None, "token required by PutMapping/DeleteMapping/RollbackMapping (Bearer)")
+    flag("tls-cert", None, "PEM server certificate (enables TLS)")
+    flag("tls-key", None, "PEM server private key")
+    flag("tls-client-ca", None, "PEM CA bundle: require and verify client certificates (mutual TLS)")
+    flag("max-batch", 65536, "most embeddings or images per request", int)
+    flag("max-message-mb", 256, "largest request in MiB; larger ones get RESOURCE_EXHAUSTED", int)
+    flag("workers", 16, "RPC worker threads", int)
+    flag("reload-interval", 2.0, "seconds between checks of the store for new map versions", float)
+    flag("blas-threads", 1, "BLAS threads per call (default %(default)s); calls run in parallel", int)
+    flag("grace", 10.0, "seconds in-flight calls get to finish on SIGTERM", float)
+    flag("triton-url", None, "Triton gRPC address (host:port) serving the face models; enables Embed")
+    flag("weights-dir", None, "folder of model folders, for dlib's landmark model (default: zoo's models/)")
+    flag("triton-timeout", 30.0, "seconds each Triton call may take before Embed answers UNAVAILABLE", float)
+    flag("log-level", "INFO", "logging level")
     ap.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
-    ap.add_argument("--log-level", default=_env("log_level", "INFO"))
     return ap
 
 

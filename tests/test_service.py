@@ -250,33 +250,22 @@ def test_metrics_over_http(server, client, lfw):
 
 
 def test_health_and_reflection_with_grpcurl(server):
-    grpcurl = (
-        [str(ROOT / ".venv" / "bin" / "grpcurl")] if (ROOT / ".venv/bin/grpcurl").exists() else ["grpcurl"]
-    )
-    listed = subprocess.run(
-        [*grpcurl, "-plaintext", server.address, "list"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    binary = ROOT / ".venv" / "bin" / "grpcurl"
+
+    def grpcurl(*args: str) -> str:
+        return subprocess.run(
+            [str(binary) if binary.exists() else "grpcurl", "-plaintext", server.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+
+    listed = grpcurl("list")
     assert "facemapper.v1.MapperService" in listed and "grpc.health.v1.Health" in listed
-    health = subprocess.run(
-        [*grpcurl, "-plaintext", server.address, "grpc.health.v1.Health/Check"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    assert json.loads(health)["status"] == "SERVING"
-    models = subprocess.run(
-        [*grpcurl, "-plaintext", server.address, "facemapper.v1.MapperService/ListModels"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    assert {m["name"] for m in json.loads(models)["models"]} >= {DLIB, SFACE}
+    assert json.loads(grpcurl("grpc.health.v1.Health/Check"))["status"] == "SERVING"
+    models = json.loads(grpcurl("facemapper.v1.MapperService/ListModels"))["models"]
+    assert {m["name"] for m in models} >= {DLIB, SFACE}
 
 
 def test_persistence_restart_and_live_pickup(tmp_path, fitted, lfw):
