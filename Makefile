@@ -15,15 +15,16 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup
-	$(BIN)/python -m mapper.demo
+	$(BIN)/python -m mapper.cli.demo
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
+	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
 
 bench: setup
 	$(BIN)/python benchmarks/bench_maps.py
@@ -33,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_service.py --pin
 	$(BIN)/python benchmarks/bench_triton.py
 	$(BIN)/python benchmarks/bench_migrate.py
+	$(BIN)/python benchmarks/bench_imports.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out .cache

@@ -21,8 +21,8 @@ from sklearn.metrics import roc_curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mapper.metrics import evaluate, tar_at_far_ijbc
-from mapper.templates import pair_scores
+from mapper.eval.metrics import evaluate, tar_at_far_ijbc
+from mapper.eval.templates import pair_scores
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mapper import LinearMap, io
-from mapper.migrate import main as migrate
+from mapper import LinearMap
+from mapper.cli.migrate import main as migrate
+from mapper.core import mapfile
 
 
 def write_gallery(folder: Path, rows: int, dim: int, per_file: int, row_group: int) -> None:
@@ -88,7 +89,7 @@ def main() -> None:
         m = LinearMap(alpha=1.0, source_id="old", target_id="new").fit(
             rng.standard_normal((4000, args.dim)), rng.standard_normal((4000, args.dim))
         )
-        io.save(m, work / "map.safetensors")
+        mapfile.save(m, work / "map.safetensors")
 
         t0 = time.perf_counter()
         n = plain_numpy(work / "in", work / "plain", m)

@@ -29,14 +29,15 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mapper import LinearMap, io  # noqa: E402
-from mapper.triton import TritonServer  # noqa: E402
-from mapper.triton_client import TritonClient  # noqa: E402
+from mapper import LinearMap  # noqa: E402
+from mapper.core import mapfile  # noqa: E402
+from mapper.serving.sqlite import SQLiteMapStore  # noqa: E402
+from mapper.triton.client import TritonClient  # noqa: E402
+from mapper.triton.server import TritonServer  # noqa: E402
 from service.client import MapperClient  # noqa: E402
 from service.gen import mapper_pb2 as pb  # noqa: E402
 from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
 from service.launcher import start_service, wait_port_file  # noqa: E402
-from service.store import SQLiteMapStore  # noqa: E402
 
 
 class Echo(pb_grpc.MapperServiceServicer):
@@ -68,12 +69,12 @@ def run_echo(port_file: str, matmul_dim: int | None) -> None:
 TRITON_MODEL_PY = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from mapper import io
+from mapper.core import mapfile
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.map = io.load({path!r})
+        self.map = mapfile.load({path!r})
 
     def execute(self, requests):
         xs = [pb_utils.get_input_tensor_by_name(r, "x").as_numpy() for r in requests]
@@ -149,8 +150,8 @@ def main() -> None:
     m = LinearMap(alpha=1.0, source_id="a", target_id="b").fit(
         rng.standard_normal((2000, d)), rng.standard_normal((2000, d))
     )
-    SQLiteMapStore(tmp / "maps.sqlite").publish(io.dumps(m))
-    io.save(m, tmp / "map.safetensors")
+    SQLiteMapStore(tmp / "maps.sqlite").publish(mapfile.dumps(m))
+    mapfile.save(m, tmp / "map.safetensors")
     (tmp / "repo" / "map" / "1").mkdir(parents=True)
     (tmp / "repo" / "map" / "config.pbtxt").write_text(TRITON_CONFIG.format(dim=d))
     (tmp / "repo" / "map" / "1" / "model.py").write_text(

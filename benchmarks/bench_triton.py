@@ -15,12 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mapper import models, runtimes  # noqa: E402
-from mapper.embed import FaceEmbedder, LocalBackend, TritonBackend  # noqa: E402
-from mapper.faces import to_input  # noqa: E402
-from mapper.triton import TritonServer  # noqa: E402
-from mapper.triton_client import TritonClient  # noqa: E402
-from mapper.zoo import face_zoo_dir  # noqa: E402
+from mapper.datasets.face_zoo import face_zoo_dir  # noqa: E402
+from mapper.faces import registry, runtimes  # noqa: E402
+from mapper.faces.embed import FaceEmbedder, LocalBackend  # noqa: E402
+from mapper.faces.preprocess import to_input  # noqa: E402
+from mapper.triton.client import TritonClient  # noqa: E402
+from mapper.triton.embedding import TritonBackend  # noqa: E402
+from mapper.triton.server import TritonServer  # noqa: E402
 
 
 def rate(fn, n: int, repeats: int = 2) -> float:
@@ -47,7 +48,7 @@ def main() -> None:
         TritonServer(ROOT / "model_repository", weights_dir=weights) as server,
         TritonClient(server.url, concurrency=args.concurrency, batch_size=args.batch) as client,
     ):
-        for m in models.BUILTIN:
+        for m in registry.BUILTIN:
             n = len(images) // 4 if m.runtime == "dlib" else len(images)
             x = to_input(local.chips(images[:n], m, detections[:n]), m)
             run = runtimes.load(m, weights)
@@ -61,7 +62,7 @@ def main() -> None:
 
         def end_to_end() -> None:
             found = remote.backend.detect(images[:n])
-            for m in models.BUILTIN:
+            for m in registry.BUILTIN:
                 remote.embed(images[:n], m.name, landmarks=found)
 
         print(

@@ -5,27 +5,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from mapper import io
-from mapper.catalog import MapRef
+from mapper.core import mapfile
+from mapper.serving.catalog import MapRef
+from mapper.serving.translator import Comparison
 
 from . import convert
 from .gen import mapper_pb2 as pb
 from .gen import mapper_pb2_grpc as pb_grpc
-
-
-@dataclass(frozen=True)
-class Comparison:
-    scores: np.ndarray  # (n,) cosine similarity in `space`
-    space: str
-    map: MapRef | None
-    same: np.ndarray | None  # (n,) decisions when a FAR was asked for
-    threshold: float | None
 
 
 class MapperClient:
@@ -135,15 +126,15 @@ class MapperClient:
         req = pb.ListMappingsRequest(source_model=source, target_model=target, all_versions=all_versions)
         return list(self.stub.ListMappings(req, timeout=self.timeout).maps)
 
-    def get_mapping(self, map_id: str, version: int = 0) -> tuple[pb.MapInfo, io.MapObject]:
+    def get_mapping(self, map_id: str, version: int = 0) -> tuple[pb.MapInfo, mapfile.MapObject]:
         """The stored map file, verified and loaded, with its info."""
         reply = self.stub.GetMapping(
             pb.GetMappingRequest(map_id=map_id, version=version, include_file=True), timeout=self.timeout
         )
-        return reply.info, io.loads(reply.map_file, f"{map_id} v{reply.info.ref.version}")
+        return reply.info, mapfile.loads(reply.map_file, f"{map_id} v{reply.info.ref.version}")
 
     def put_mapping(
-        self, obj: io.MapObject | bytes | str | os.PathLike[str], **provenance: object
+        self, obj: mapfile.MapObject | bytes | str | os.PathLike[str], **provenance: object
     ) -> pb.MapInfo:
         """Publish a map or hub (object, map-file bytes or path) as the next active version."""
         if isinstance(obj, bytes):
@@ -151,7 +142,7 @@ class MapperClient:
         elif isinstance(obj, str | os.PathLike):
             data = Path(obj).read_bytes()
         else:
-            data = io.dumps(obj, json.loads(json.dumps(provenance)) if provenance else None)
+            data = mapfile.dumps(obj, json.loads(json.dumps(provenance)) if provenance else None)
         reply = self.stub.PutMapping(
             pb.PutMappingRequest(map_file=data), timeout=self.timeout, metadata=self._admin
         )

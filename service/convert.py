@@ -6,29 +6,25 @@ import json
 
 import numpy as np
 
-from mapper.catalog import MapRef
+from mapper.errors import EmbeddingError
+from mapper.serving.catalog import MapRef
+from mapper.serving.store import StoredMap
 
 from .gen import mapper_pb2 as pb
-from .store import StoredMap
 
-KIND_NAMES = {
-    pb.MAP_KIND_ANY: "any",
-    pb.MAP_KIND_LINEAR: "linear",
-    pb.MAP_KIND_ROTATION: "rotation",
-    pb.MAP_KIND_HUB: "hub",
-    pb.MAP_KIND_MLP: "mlp",
-}
+# MAP_KIND_<NAME> <-> the library's kind names (mapper.core.kinds.REQUESTABLE).
+KIND_NAMES = {v.number: v.name.removeprefix("MAP_KIND_").lower() for v in pb.MapKind.DESCRIPTOR.values}
 KIND_VALUES = {v: k for k, v in KIND_NAMES.items()}
 _F32 = np.dtype("<f4")
 
 
 def to_array(msg: pb.Embeddings, name: str = "embeddings") -> np.ndarray:
-    """(rows, dim) float32 view of a message; ValueError if its bytes do not fit its shape."""
+    """(rows, dim) float32 view of a message; EmbeddingError if its bytes do not fit its shape."""
     if msg.rows == 0 or msg.dim == 0:
-        raise ValueError(f"{name} is empty (rows={msg.rows}, dim={msg.dim})")
+        raise EmbeddingError(f"{name} is empty (rows={msg.rows}, dim={msg.dim})")
     expected = msg.rows * msg.dim * 4
     if len(msg.data) != expected:
-        raise ValueError(
+        raise EmbeddingError(
             f"{name}: {len(msg.data)} bytes do not hold {msg.rows} x {msg.dim} float32 ({expected} bytes)"
         )
     return np.frombuffer(msg.data, dtype=_F32).reshape(msg.rows, msg.dim)

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from .client import MapperClient
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -59,7 +57,7 @@ def start_service(
     cmd = [
         sys.executable,
         "-m",
-        "service.server",
+        "service",
         "--port",
         "0",
         "--port-file",
@@ -71,7 +69,7 @@ def start_service(
         *args,
     ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         port = wait_port_file(port_file, proc, timeout)
     except RuntimeError as e:

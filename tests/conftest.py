@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mapper.zoo import face_zoo_dir
+from mapper.datasets.face_zoo import face_zoo_dir
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def random_orthogonal(rng: np.random.Generator, d: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def triton(face_zoo: Path):
     """A real tritonserver with every model of model_repository/, for the whole session."""
-    from mapper.triton import TritonServer
+    from mapper.triton.server import TritonServer
 
     root = Path(__file__).resolve().parents[1]
     with TritonServer(root / "model_repository", weights_dir=face_zoo / "models") as server:

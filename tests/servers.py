@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.launcher import ROOT, ServiceProcess, free_port, start_service
+from service.launcher import ServiceProcess, free_port, start_service
+
+#: The checkout: tests run commands from here and compare generated files with its own.
+ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["ROOT", "ServiceProcess", "free_port", "start_server"]
 

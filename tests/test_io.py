@@ -8,8 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from mapper import CanonicalSpace, LinearMap, MLPMap, RotationMap, io
-from mapper.io import MapFileError
+from mapper import CanonicalSpace, LinearMap, MLPMap, RotationMap
+from mapper.core import mapfile
+from mapper.core.mapfile import MapFileError
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,15 @@ def fitted(data):
 @pytest.mark.parametrize("kind", ["linear", "rotation", "mlp"])
 def test_map_round_trip_is_bit_exact(tmp_path, data, fitted, kind):
     m = fitted[kind]
-    path = io.save(m, tmp_path / f"{kind}.safetensors", provenance={"dataset": "unit"})
-    loaded = io.load(path)
+    path = mapfile.save(m, tmp_path / f"{kind}.safetensors", provenance={"dataset": "unit"})
+    loaded = mapfile.load(path)
     assert type(loaded) is type(m)
     assert loaded.get_params() == m.get_params()
-    for name, tensor in m._state_tensors().items():
+    for name, tensor in m._state_tensors().items():  # the stored bytes themselves: exact
         assert np.array_equal(loaded._state_tensors()[name], tensor), name
-    assert np.array_equal(loaded.transform(data[0]), m.transform(data[0]))
-    meta = io.read_metadata(path.read_bytes())
+    # Applying them is BLAS on arrays of another memory layout: kernels may round differently.
+    np.testing.assert_allclose(loaded.transform(data[0]), m.transform(data[0]), rtol=1e-6, atol=1e-9)
+    meta = mapfile.read_metadata(path.read_bytes())
     assert meta["provenance"] == {"dataset": "unit"}
     entry = meta["maps"][0]
     assert (entry["source_id"], entry["target_id"], entry["d_source"], entry["d_target"]) == (
@@ -55,9 +57,12 @@ def test_map_round_trip_is_bit_exact(tmp_path, data, fitted, kind):
 def test_hub_round_trip(tmp_path, data):
     X, Y = data
     hub = CanonicalSpace().fit({"a": X, "b": Y, "c": Y[:, ::-1] * 2})
-    loaded = io.load(io.save(hub, tmp_path / "hub.safetensors"))
+    loaded = mapfile.load(mapfile.save(hub, tmp_path / "hub.safetensors"))
     assert isinstance(loaded, CanonicalSpace) and loaded.models_ == ["a", "b", "c"]
-    assert np.array_equal(loaded.translate(X, "a", "c"), hub.translate(X, "a", "c"))
+    # Same weights, other memory layout: BLAS kernels may differ in the last bits (seen on AMD).
+    np.testing.assert_allclose(
+        loaded.translate(X, "a", "c"), hub.translate(X, "a", "c"), rtol=1e-6, atol=1e-9
+    )
 
 
 def _tensor_region(blob: bytes) -> int:
@@ -65,23 +70,23 @@ def _tensor_region(blob: bytes) -> int:
 
 
 def test_flipped_tensor_byte_is_refused(fitted):
-    blob = bytearray(io.dumps(fitted["linear"]))
+    blob = bytearray(mapfile.dumps(fitted["linear"]))
     blob[_tensor_region(blob) + 100] ^= 0x01
     with pytest.raises(MapFileError, match="checksum"):
-        io.loads(bytes(blob))
+        mapfile.loads(bytes(blob))
 
 
 def test_truncated_file_is_refused(tmp_path, fitted):
-    blob = io.dumps(fitted["rotation"])
+    blob = mapfile.dumps(fitted["rotation"])
     path = tmp_path / "cut.safetensors"
     for cut in (4, 50, len(blob) - 1):
         path.write_bytes(blob[:cut])
         with pytest.raises(MapFileError, match=str(path)):
-            io.load(path)
+            mapfile.load(path)
 
 
 def test_tampered_metadata_is_refused(fitted):
-    blob = io.dumps(fitted["linear"])
+    blob = mapfile.dumps(fitted["linear"])
     n = struct.unpack("<Q", blob[:8])[0]
     header = json.loads(blob[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["mapper"])
@@ -91,7 +96,7 @@ def test_tampered_metadata_is_refused(fitted):
     new_header += b" " * ((8 - len(new_header) % 8) % 8)
     tampered = struct.pack("<Q", len(new_header)) + new_header + blob[8 + n :]
     with pytest.raises(MapFileError, match="checksum"):
-        io.loads(tampered)
+        mapfile.loads(tampered)
 
 
 def test_other_files_are_refused(tmp_path):
@@ -100,18 +105,18 @@ def test_other_files_are_refused(tmp_path):
     plain = tmp_path / "plain.safetensors"
     save_file({"w": np.zeros((2, 2))}, plain)
     with pytest.raises(MapFileError, match="not a face-mapper map file"):
-        io.load(plain)
+        mapfile.load(plain)
     with pytest.raises(MapFileError, match="cannot read"):
-        io.load(tmp_path / "missing.safetensors")
+        mapfile.load(tmp_path / "missing.safetensors")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\xff" * 64)
     with pytest.raises(MapFileError):
-        io.load(garbage)
+        mapfile.load(garbage)
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, fitted):
     path = tmp_path / "m.safetensors"
-    io.save(fitted["linear"], path)
-    io.save(fitted["rotation"], path)
-    assert isinstance(io.load(path), RotationMap)
+    mapfile.save(fitted["linear"], path)
+    mapfile.save(fitted["rotation"], path)
+    assert isinstance(mapfile.load(path), RotationMap)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

@@ -8,7 +8,8 @@ from scipy.linalg import orthogonal_procrustes
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from mapper import AffineMap, LinearMap, RotationMap, compose, maps
+from mapper import AffineMap, LinearMap, RotationMap, compose
+from mapper.core import maps
 
 from .conftest import random_orthogonal
 

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mapper import LinearMap, io
-from mapper.migrate import main as migrate
+from mapper import LinearMap
+from mapper.cli.migrate import main as migrate
+from mapper.core import mapfile
 
 from .servers import ROOT
 
@@ -55,7 +56,7 @@ def gallery(tmp_path_factory):
     m = LinearMap(alpha=1.0, source_id="old", target_id="new").fit(
         rng.standard_normal((2000, D)), rng.standard_normal((2000, D))
     )
-    io.save(m, tmp / "map.safetensors")
+    mapfile.save(m, tmp / "map.safetensors")
     return tmp, x, good, m
 
 
@@ -104,7 +105,7 @@ def test_killed_migration_resumes_without_redoing_or_duplicating(gallery, tmp_pa
     cmd = [
         sys.executable,
         "-m",
-        "mapper.migrate",
+        "mapper.cli.migrate",
         str(src / "in"),
         str(out),
         "--map",

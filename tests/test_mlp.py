@@ -26,4 +26,5 @@ def test_mlp_training_is_repeatable():
     X, Y = rng.standard_normal((200, 8)), rng.standard_normal((200, 4))
     a = MLPMap(hidden=(16,), epochs=10).fit(X, Y)
     b = MLPMap(hidden=(16,), epochs=10).fit(X, Y)
-    assert np.array_equal(a.transform(X), b.transform(X))
+    # Seeded: the same weights up to thread-order rounding in torch's reductions.
+    np.testing.assert_allclose(a.transform(X), b.transform(X), rtol=1e-5, atol=1e-6)

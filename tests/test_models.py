@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapper import models, runtimes
-from mapper.models_cli import main as models_cli
-from mapper.repository import write_repository
+from mapper.cli.models import main as models_cli
+from mapper.faces import registry, runtimes
+from mapper.triton.repository import write_repository
 
 from .conftest import ROOT_DIR
 
 
 def test_committed_model_repository_is_current(tmp_path):
-    written = write_repository(tmp_path, list(models.BUILTIN))
+    written = write_repository(tmp_path, list(registry.BUILTIN))
     for path in written:
         committed = ROOT_DIR / "model_repository" / path.relative_to(tmp_path)
         assert committed.read_text() == path.read_text(), (
@@ -22,7 +22,7 @@ def test_committed_model_repository_is_current(tmp_path):
 
 
 def test_gpu_variant_uses_native_backends(tmp_path, face_zoo):
-    write_repository(tmp_path, list(models.BUILTIN), gpu=True, weights_dir=face_zoo / "models")
+    write_repository(tmp_path, list(registry.BUILTIN), gpu=True, weights_dir=face_zoo / "models")
     mfn = (tmp_path / "mobilefacenet-arcface" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in mfn and "KIND_GPU" in mfn
     onnx = tmp_path / "mobilefacenet-arcface" / "1" / "model.onnx"
@@ -39,19 +39,19 @@ def test_a_new_onnx_model_is_one_declarative_entry(tmp_path, face_zoo):
     (weights / "my-arcface" / "model.onnx").symlink_to(
         face_zoo / "models" / "mobilefacenet-arcface" / "mobilefacenet.onnx"
     )
-    sha = models.get("mobilefacenet-arcface").files[0].sha256
-    toml = tmp_path / "models.toml"
+    sha = registry.get("mobilefacenet-arcface").files[0].sha256
+    toml = tmp_path / "registry.toml"
     toml.write_text(
         '[[model]]\nname = "my-arcface"\nruntime = "onnxruntime"\ndim = 128\ninput_size = 112\n'
         'alignment = "arcface"\nmean = 127.5\nstd = 127.5\n'
         f'files = [{{ path = "model.onnx", sha256 = "{sha}" }}]\n'
         'source = "downloaded by the user"\n'
     )
-    reg = models.registry(toml)
-    assert "my-arcface" in reg and len(reg) == len(models.BUILTIN) + 1
+    reg = registry.load(toml)
+    assert "my-arcface" in reg and len(reg) == len(registry.BUILTIN) + 1
     run = runtimes.load(reg["my-arcface"], weights)
     x = np.random.default_rng(0).standard_normal((2, 3, 112, 112)).astype(np.float32)
-    ref = runtimes.load(models.get("mobilefacenet-arcface"), face_zoo / "models")(x)
+    ref = runtimes.load(registry.get("mobilefacenet-arcface"), face_zoo / "models")(x)
     np.testing.assert_allclose(run(x), ref, rtol=1e-6)
     write_repository(tmp_path / "repo", [reg["my-arcface"]])
     assert 'name: "my-arcface"' in (tmp_path / "repo" / "my-arcface" / "config.pbtxt").read_text()
@@ -59,7 +59,7 @@ def test_a_new_onnx_model_is_one_declarative_entry(tmp_path, face_zoo):
         '[[model]]\nname = "x"\nruntime = "tensorflow"\ndim = 1\ninput_size = 1\nalignment = "arcface"\n'
     )
     with pytest.raises(ValueError, match="runtime must be one of"):
-        models.registry(toml)
+        registry.load(toml)
 
 
 def test_cli_lists_and_verifies(capsys, tmp_path, face_zoo):
@@ -69,5 +69,5 @@ def test_cli_lists_and_verifies(capsys, tmp_path, face_zoo):
     assert models_cli(["--weights-dir", str(face_zoo / "models"), "verify"]) == 0
     assert models_cli(["--weights-dir", str(tmp_path), "verify"]) == 1
     assert "missing" in capsys.readouterr().out
-    with pytest.raises(models.UnknownModelError, match="known"):
-        models.get("resnet-9000")
+    with pytest.raises(registry.UnknownModelError, match="known"):
+        registry.get("resnet-9000")

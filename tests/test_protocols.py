@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapper.protocols import FACE_TID_MID, NAME_5PTS, TEMPLATE_PAIRS, lfw_all_pairs, read_ijbc, write_ijbc
-from mapper.templates import pair_scores, pool_templates
-from mapper.zoo import identity_of, identity_split
+from mapper.datasets.face_zoo import identity_of, identity_split
+from mapper.eval.protocols import (
+    FACE_TID_MID,
+    NAME_5PTS,
+    TEMPLATE_PAIRS,
+    lfw_all_pairs,
+    read_ijbc,
+    write_ijbc,
+)
+from mapper.eval.templates import pair_scores, pool_templates
 
 
 def test_ijbc_round_trip_and_landmarks(tmp_path):

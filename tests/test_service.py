@@ -19,11 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import roc_auc_score
 
-from mapper import CanonicalSpace, LinearMap, RotationMap, io
-from mapper.metrics import tar_at_far_strict
-from mapper.zoo import identity_of
+from mapper import CanonicalSpace, LinearMap, RotationMap
+from mapper.core import mapfile
+from mapper.datasets.face_zoo import identity_of
+from mapper.eval.metrics import tar_at_far_strict
+from mapper.serving.sqlite import SQLiteMapStore
 from service.gen import mapper_pb2 as pb
-from service.store import SQLiteMapStore
 
 from .servers import ROOT, start_server
 
@@ -59,7 +60,7 @@ def fitted(lfw):
         hub = CanonicalSpace(name="lfw").fit({m: emb[m][fit] for m in (DLIB, SFACE, REID, ARC)})
     return {
         "linear": linear,
-        "linear_file": io.dumps(linear, {"dataset": "LFW", "calibration": {"0.01": threshold}}),
+        "linear_file": mapfile.dumps(linear, {"dataset": "LFW", "calibration": {"0.01": threshold}}),
         "rotation": RotationMap(source_id=SFACE, target_id=DLIB).fit(emb[SFACE][fit], emb[DLIB][fit]),
         "hub": hub,
         "threshold": threshold,
@@ -219,7 +220,7 @@ def test_bad_input_gets_the_right_status_and_loses_nothing(server, client, lfw):
     )
     before = [(m.ref.map_id, m.ref.version) for m in client.list_mappings(all_versions=True)]
     with server.client(admin_token=TOKEN) as admin:
-        good = io.dumps(RotationMap(source_id="a", target_id="b").fit(x[:200], x[:200]))
+        good = mapfile.dumps(RotationMap(source_id="a", target_id="b").fit(x[:200], x[:200]))
         corrupt = bytearray(good)
         corrupt[-10] ^= 0xFF
         for data in (bytes(corrupt), good[: len(good) // 2], b"", b"not a map"):
@@ -282,10 +283,10 @@ def test_persistence_restart_and_live_pickup(tmp_path, fitted, lfw):
                     sys.executable,
                     "-c",
                     (
-                        "import sys; from service.store import SQLiteMapStore; "
+                        "import sys; from mapper.serving.sqlite import SQLiteMapStore; "
                         f"SQLiteMapStore({str(store_path)!r}).publish(open(sys.argv[1], 'rb').read())"
                     ),
-                    str(_write(tmp_path / "rot.safetensors", io.dumps(fitted["rotation"]))),
+                    str(_write(tmp_path / "rot.safetensors", mapfile.dumps(fitted["rotation"]))),
                 ],
                 check=True,
                 cwd=ROOT,
@@ -317,7 +318,7 @@ def _write(path, data):
 
 def test_concurrent_publishes_lose_nothing(tmp_path, fitted):
     store = SQLiteMapStore(tmp_path / "maps.sqlite")
-    data = io.dumps(fitted["rotation"])
+    data = mapfile.dumps(fitted["rotation"])
     versions: list[int] = []
     errors: list[BaseException] = []
 
@@ -346,9 +347,9 @@ def test_kill_during_publish_leaves_a_readable_store(tmp_path, fitted):
     big = RotationMap(source_id=SFACE, target_id=DLIB)
     rng = np.random.default_rng(0)
     big.fit(rng.standard_normal((3000, 1024)), rng.standard_normal((3000, 1024)))  # 8 MiB per version
-    blob = _write(tmp_path / "big.safetensors", io.dumps(big))
+    blob = _write(tmp_path / "big.safetensors", mapfile.dumps(big))
     script = (
-        "import sys; from service.store import SQLiteMapStore; s = SQLiteMapStore(sys.argv[1]); d = "
+        "import sys; from mapper.serving.sqlite import SQLiteMapStore; s = SQLiteMapStore(sys.argv[1]); d = "
         "open(sys.argv[2], 'rb').read(); print('go', flush=True)\nwhile True: s.publish(d)"
     )
     proc = subprocess.Popen(
@@ -366,5 +367,5 @@ def test_kill_during_publish_leaves_a_readable_store(tmp_path, fitted):
     assert rotations, "the publisher should have committed at least one version"
     active = store.get(f"{SFACE}->{DLIB}:rotation")
     assert active.ref.version == max(m.ref.version for m in rotations)
-    assert io.loads(active.data).n_features_in_ == 1024  # every committed version is whole
+    assert mapfile.loads(active.data).n_features_in_ == 1024  # every committed version is whole
     assert store.get(f"{SFACE}->{DLIB}:linear").ref.version == 1

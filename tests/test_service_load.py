@@ -12,8 +12,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from mapper import CanonicalSpace, LinearMap, io
-from service.store import SQLiteMapStore
+from mapper import CanonicalSpace, LinearMap
+from mapper.core import mapfile
+from mapper.serving.sqlite import SQLiteMapStore
 
 from .servers import start_server
 
@@ -32,8 +33,8 @@ def test_load_mixed_rpcs(tmp_path):
     rng = np.random.default_rng(0)
     X, Y, Z = (rng.standard_normal((2000, 512)) for _ in range(3))
     store = SQLiteMapStore(tmp_path / "maps.sqlite")
-    store.publish(io.dumps(LinearMap(alpha=1.0, source_id="a", target_id="b").fit(X, Y)))
-    store.publish(io.dumps(CanonicalSpace(name="h", max_iter=3).fit({"a": X, "b": Y, "c": Z})))
+    store.publish(mapfile.dumps(LinearMap(alpha=1.0, source_id="a", target_id="b").fit(X, Y)))
+    store.publish(mapfile.dumps(CanonicalSpace(name="h", max_iter=3).fit({"a": X, "b": Y, "c": Z})))
     srv = start_server(tmp_path, tmp_path / "maps.sqlite", "--workers", "32")
     good = Counter()
     bad = Counter()

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mapper import RotationMap
+from mapper.serving.sqlite import SQLiteMapStore
 from service.client import MapperClient
-from service.store import SQLiteMapStore
 
 from .servers import start_server
 
@@ -69,12 +69,12 @@ def pki(tmp_path_factory):
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "maps.sqlite"
     rng = np.random.default_rng(0)
-    from mapper import io
+    from mapper.core import mapfile
 
     m = RotationMap(source_id="a", target_id="b").fit(
         rng.standard_normal((200, 8)), rng.standard_normal((200, 8))
     )
-    SQLiteMapStore(path).publish(io.dumps(m))
+    SQLiteMapStore(path).publish(mapfile.dumps(m))
     return path
 
 

@@ -1,0 +1,449 @@
+"""mapper-train: fit maps between face CNNs, evaluate them the papers' way, publish them.
+
+Steps: embed every image with every model (through Triton, cached on disk and resumable;
+or from precomputed embeddings), split identities into a fitting and an evaluation part,
+fit linear / rotation / hub (and MLP) maps for every ordered model pair on the fitting
+part, evaluate cross-model verification on all pairs of the evaluation part (IJB-C file
+layout), measure how few fitting pairs suffice and what a leaked template reveals, write
+a report, and publish the maps with their calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mapper import __version__
+from mapper.core import mapfile
+from mapper.core.hub import CanonicalSpace
+from mapper.core.kinds import TRAINABLE
+from mapper.core.maps import EmbeddingMap
+from mapper.datasets.face_zoo import choose_images, face_zoo_dir, identity_of, identity_split
+from mapper.eval.crossmodel import SUMMARY_FARS, CrossModelResults, cross_model_eval, fit_maps
+from mapper.eval.protocols import (
+    VerificationProtocol,
+    detections_from_landmarks,
+    lfw_all_pairs,
+    read_ijbc,
+    write_ijbc,
+)
+from mapper.eval.report import fewshot_plot, write_report
+from mapper.eval.studies import fewshot, security_table, template_security
+from mapper.eval.thresholds import calibrate
+from mapper.faces.cache import EmbeddingCache, embed_images
+from mapper.faces.registry import BUILTIN
+from mapper.triton.embedding import face_embedder
+
+Log = Callable[[str], None]
+#: Environment variable read for the admin token when no token file is given.
+TOKEN_ENV = "MAPPER_ADMIN_TOKEN"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; from a TOML file (keys as below), then the flags."""
+
+    images: int = 1500
+    full: bool = False
+    models: list[str] = field(default_factory=lambda: [m.name for m in BUILTIN])
+    embeddings: str | None = None
+    backend: str = "triton"
+    triton_url: str | None = None
+    fit_fraction: float = 0.5
+    seed: int = 0
+    kinds: list[str] = field(default_factory=lambda: ["linear", "rotation", "hub"])
+    max_impostors: int = 10_000_000
+    convention: str = "strict"
+    out: str = "out/train"
+    cache: str = ".cache/embeddings.sqlite"
+    publish: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_file: str | None = None
+    store: str | None = None
+    fewshot: bool = True
+    security: bool = True
+    progress: bool = True
+    ijbc: str | None = None
+    ijbc_images: str | None = None
+
+    def token(self) -> str | None:
+        """The admin token: --admin-token-file, else --admin-token, else $MAPPER_ADMIN_TOKEN."""
+        if self.admin_token_file:
+            return Path(self.admin_token_file).read_text().strip()
+        return self.admin_token or os.environ.get(TOKEN_ENV)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as written into reports: never the token."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "admin_token"}
+
+
+@dataclass
+class Split:
+    """The images of a run, their identities and which of them fit the maps."""
+
+    names: list[str]
+    ids: np.ndarray  # (n,) identity per image
+    fit: np.ndarray  # (n,) bool
+    embeddings: dict[str, np.ndarray]  # {model: (n, d)}
+
+    def part(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {m: e[mask] for m, e in self.embeddings.items()}
+
+
+@dataclass
+class Evaluation:
+    results: CrossModelResults
+    protocol: VerificationProtocol
+    embeddings: dict[str, np.ndarray]  # the evaluation images' embeddings
+    what: str  # a phrase naming what was evaluated
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mapper-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Defaults come from --config (TOML, keys as the long flags with _), then the flags. "
+        f"Example: {TOKEN_ENV}=... mapper-train --images 1500 --publish 127.0.0.1:50051",
+    )
+    ap.add_argument("--config", help="TOML file of settings (e.g. images = 3000, kinds = ['linear'])")
+    ap.add_argument("--images", type=int, help="LFW images used, whole identities, seeded (default 1500)")
+    ap.add_argument("--full", action="store_true", default=None, help="all 7,701 LFW images")
+    ap.add_argument("--models", nargs="+", help="face models (default: the four of the face zoo)")
+    ap.add_argument(
+        "--embeddings",
+        help="precomputed embeddings .npz (names + one array per model): no Triton; images are chosen "
+        "among its names",
+    )
+    ap.add_argument(
+        "--backend", choices=("triton", "local"), help="embed through Triton (default) or in-process"
+    )
+    ap.add_argument("--triton-url", help="use this running Triton instead of starting one")
+    ap.add_argument(
+        "--ijbc", metavar="DIR", help="evaluate on the IJB-C 1:1 files in DIR (maps fitted on LFW)"
+    )
+    ap.add_argument("--ijbc-images", metavar="DIR", help="root of the IJB-C image names (default: --ijbc)")
+    ap.add_argument("--fit-fraction", type=float, help="share of identities used to fit (default 0.5)")
+    ap.add_argument("--seed", type=int, help="seed of the identity split and samples (default 0)")
+    ap.add_argument("--kinds", nargs="+", choices=TRAINABLE, help="map kinds")
+    ap.add_argument("--max-impostors", type=int, help="impostor pairs sampled for evaluation (default 10M)")
+    ap.add_argument("--convention", choices=("strict", "ijbc"), help="TAR@FAR convention (default strict)")
+    ap.add_argument("--out", help="report folder (default out/train)")
+    ap.add_argument("--cache", help="embedding cache file (default .cache/embeddings.sqlite)")
+    ap.add_argument("--publish", metavar="HOST:PORT", help="publish the maps to a running mapper-serve")
+    ap.add_argument("--admin-token-file", help=f"file holding that server's admin token (else ${TOKEN_ENV})")
+    ap.add_argument(
+        "--admin-token", help=f"the token itself (visible in ps: prefer the file or ${TOKEN_ENV})"
+    )
+    ap.add_argument("--store", help="write the maps into this SQLite store file instead")
+    ap.add_argument(
+        "--no-fewshot", dest="fewshot", action="store_false", default=None, help="skip the few-shot curve"
+    )
+    ap.add_argument(
+        "--no-security", dest="security", action="store_false", default=None, help="skip leak test"
+    )
+    ap.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bars"
+    )
+    return ap
+
+
+def load_config(argv: list[str] | None) -> TrainConfig:
+    """TrainConfig from --config's TOML, overridden by the flags given."""
+    args = build_parser().parse_args(argv)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings: dict[str, Any] = {}
+    if args.config:
+        with open(args.config, "rb") as fh:
+            settings = tomllib.load(fh)
+        unknown = set(settings) - known
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+    settings.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    return TrainConfig(**settings)
+
+
+# -- the pipeline: each step returns what the next needs -------------------------------------
+def select(cfg: TrainConfig) -> list[str]:
+    """The LFW image names of this run (from the precomputed file when one is given)."""
+    if cfg.embeddings:
+        with np.load(cfg.embeddings) as data:
+            all_names = sorted(str(n) for n in data["names"])
+    else:
+        all_names = sorted(p.name for p in (face_zoo_dir() / "lfw" / "images").glob("*.jpg"))
+        if not all_names:
+            raise SystemExit(
+                f"no LFW images in {face_zoo_dir() / 'lfw' / 'images'}: set FACE_ZOO_DIR "
+                "(see README, 'Data and weights') or pass --embeddings"
+            )
+    return choose_images(all_names, None if cfg.full else cfg.images, cfg.seed)
+
+
+def embed(
+    cfg: TrainConfig,
+    names: list[str],
+    log: Log,
+    paths: list[Path] | None = None,
+    landmarks: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({model: (n, d) float32}, indices of the images any model failed on) for ``names``
+    (LFW images unless ``paths`` are given)."""
+    if cfg.embeddings:
+        with np.load(cfg.embeddings) as data:
+            index = {str(n): i for i, n in enumerate(data["names"])}
+            missing = [n for n in names if n not in index]
+            if missing:
+                raise SystemExit(
+                    f"{cfg.embeddings}: no embeddings for {len(missing)} images, e.g. {missing[0]}"
+                )
+            rows = [index[n] for n in names]
+            return {m: data[m][rows].astype(np.float32) for m in cfg.models}, np.zeros(0, np.int64)
+    paths = paths or [face_zoo_dir() / "lfw" / "images" / n for n in names]
+    out, failed = {}, set()
+    with face_embedder(cfg.backend, triton_url=cfg.triton_url, models=cfg.models, log=log) as embedder:
+        cache = EmbeddingCache(cfg.cache)
+        for m in cfg.models:
+            out[m], bad = embed_images(embedder, paths, m, cache, progress=cfg.progress, landmarks=landmarks)
+            failed |= set(bad)
+    return out, np.array(sorted(failed), dtype=np.int64)
+
+
+def split(
+    cfg: TrainConfig, names: list[str], emb: dict[str, np.ndarray], failed: np.ndarray, log: Log
+) -> Split:
+    """Drop images without a face, then split identities into fitting and evaluation people
+    (with --ijbc every LFW image fits: the evaluation is IJB-C's)."""
+    keep = np.setdiff1d(np.arange(len(names)), failed)
+    if failed.size:
+        log(f"{failed.size} images had no face for some model; dropped: {[names[i] for i in failed[:5]]} ...")
+    names = [names[i] for i in keep]
+    ids = np.array([identity_of(n) for n in names])
+    fit = np.ones(len(ids), bool) if cfg.ijbc else identity_split(np.array(names), cfg.fit_fraction, cfg.seed)
+    return Split(names, ids, fit, {m: e[keep] for m, e in emb.items()})
+
+
+def fit(
+    cfg: TrainConfig, data: Split
+) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
+    """({(A, B, kind): map}, the hub space if fitted), fitted on the fitting people only."""
+    maps = fit_maps(data.part(data.fit), tuple(cfg.kinds), groups=data.ids[data.fit], progress=cfg.progress)
+    hub = maps.pop(("*", "*", "hub-space"), None)
+    return maps, hub  # type: ignore[return-value]
+
+
+def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> Evaluation:
+    """Cross-model verification on all pairs of the evaluation people (or on IJB-C)."""
+    if cfg.ijbc:
+        protocol = read_ijbc(cfg.ijbc)
+        root = Path(cfg.ijbc_images or cfg.ijbc)
+        landmarks = None
+        if protocol.landmarks is not None:
+            landmarks = detections_from_landmarks(protocol.landmarks, protocol.scores)
+        image_names = [str(n) for n in protocol.images]
+        emb_eval, no_face = embed(cfg, image_names, log, [root / n for n in image_names], landmarks)
+        log(
+            f"IJB-C: {len(image_names)} images, {no_face.size} without a face (they add nothing to templates)"
+        )
+        what = f"the IJB-C 1:1 protocol in {cfg.ijbc}"
+    else:
+        emb_eval = data.part(~data.fit)
+        # All pairs of the evaluation images, written in the IJB-C layout and read back, so
+        # LFW and IJB-C go through one code path.
+        eval_names = np.array(data.names)[~data.fit]
+        write_ijbc(
+            out / "protocol", lfw_all_pairs(eval_names, max_impostors=cfg.max_impostors, seed=cfg.seed)
+        )
+        protocol = read_ijbc(out / "protocol")
+        n_eval_ids = np.unique(data.ids).size - np.unique(data.ids[data.fit]).size
+        what = f"all pairs of {(~data.fit).sum()} LFW images of {n_eval_ids} other people"
+    log(
+        f"fitted on {data.fit.sum()} images of {np.unique(data.ids[data.fit]).size} people; evaluating on "
+        f"{what}: {protocol.labels.sum():,} genuine, {(~protocol.labels).sum():,} impostor pairs"
+    )
+    results = cross_model_eval(
+        emb_eval,
+        protocol,
+        maps,
+        kinds=("none", *cfg.kinds),
+        convention=cfg.convention,
+        progress=cfg.progress,
+    )
+    return Evaluation(results, protocol, emb_eval, what)
+
+
+def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path) -> tuple[list, dict]:
+    """The few-shot curve and the template-security table: (report sections, JSON)."""
+    sections: list[tuple[str, str]] = []
+    extra: dict[str, Any] = {}
+    if cfg.fewshot:
+        curve = fewshot(
+            data.part(data.fit), data.ids[data.fit], ev.embeddings, ev.protocol, cfg.seed, cfg.progress
+        )
+        fewshot_plot(curve, out / "fewshot.png")
+        rows = "\n".join(
+            f"| {i} | {p} | {lin:.4f} | {rot:.4f} |"
+            for i, p, lin, rot in zip(
+                curve["identities"],
+                curve["pairs"],
+                curve["tar"]["linear"],
+                curve["tar"]["rotation"],
+                strict=True,
+            )
+        )
+        sections.append(
+            (
+                "How little data is enough",
+                "Mean cross-model TAR@FAR=1e-2 (strict) over all ordered pairs, maps fitted on a seeded "
+                f"sample of the fitting identities; native mean {curve['native']:.4f}.\n\n"
+                "![few-shot curve](fewshot.png)\n\n| identities | pairs | linear | rotation |\n"
+                "|---|---|---|---|\n" + rows,
+            )
+        )
+        extra["fewshot"] = curve
+    if cfg.security and "linear" in cfg.kinds and not cfg.ijbc:
+        sec = template_security(ev.embeddings, data.ids[~data.fit], maps)
+        sections.append(("Template security: a leaked template, translated", security_table(sec)))
+        extra["security"] = sec
+    return sections, extra
+
+
+def map_files(
+    data: Split, maps: dict, hub: CanonicalSpace | None, provenance: dict[str, Any]
+) -> dict[str, bytes]:
+    """{file name: map-file bytes}, each direct map with thresholds calibrated on (at most
+    2,000) fitting images; serialised once, then written and published as is."""
+    sub = np.flatnonzero(data.fit)[:2000]
+    files = {}
+    for (a, b, kind), m in maps.items():
+        if kind == "hub":
+            continue  # served through the hub space itself
+        calibration = calibrate(m, data.embeddings[a][sub], data.embeddings[b][sub], data.ids[sub])
+        files[f"{a}__{b}.{kind}.safetensors"] = mapfile.dumps(
+            m, {**provenance, calibration.PROVENANCE_KEY: calibration.to_dict()}
+        )
+    if hub is not None:
+        files["hub.safetensors"] = mapfile.dumps(hub, provenance)
+    return files
+
+
+def write(out: Path, files: dict[str, bytes]) -> None:
+    (out / "maps").mkdir(exist_ok=True)
+    for name, blob in files.items():
+        mapfile.write(out / "maps" / name, blob)
+
+
+def publish(cfg: TrainConfig, blobs: list[bytes], log: Log) -> list[str]:
+    """Publish map files into the store and/or the running service: the command line, not
+    the library, decides where maps go."""
+    published = []
+    if cfg.store:
+        from mapper.serving.store import open_store
+
+        store = open_store(cfg.store)
+        for blob in blobs:
+            ref = store.publish(blob).ref
+            published.append(f"{ref.map_id} v{ref.version}")
+    if cfg.publish:
+        from service.client import MapperClient
+
+        with MapperClient(cfg.publish, admin_token=cfg.token()) as client:
+            for blob in blobs:
+                ref = client.put_mapping(blob).ref
+                published.append(f"{ref.map_id} v{ref.version} -> {cfg.publish}")
+    log(f"published {len(published)} maps")
+    return published
+
+
+def print_summary(res: CrossModelResults) -> None:
+    print(
+        f"\nMean TAR ({res.convention}); papers (IJB-C, 10 CNNs) at 1e-2: native 0.96, linear 0.95, rot. 0.91"
+    )
+    print(f"{'':<10}" + "".join(f"{'FAR=' + format(f, 'g'):>12}" for f in SUMMARY_FARS))
+    for kind, values in res.summary().items():
+        print(f"{kind:<10}" + "".join(f"{values[f]:>12.4f}" for f in SUMMARY_FARS))
+
+
+def redacted(argv: list[str]) -> str:
+    """The command line as reports show it: secrets replaced."""
+    shown, hide = [], False
+    for arg in argv:
+        if hide:
+            shown.append("***")
+        elif arg.startswith("--admin-token="):
+            shown.append("--admin-token=***")
+        else:
+            shown.append(arg)
+        hide = arg == "--admin-token"
+    return " ".join(shown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load_config(argv)
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+
+    names = select(cfg)
+    log(f"{len(names)} LFW images of {len({identity_of(n) for n in names})} people; models: {cfg.models}")
+    data = split(cfg, names, *embed(cfg, names, log), log)
+    maps, hub = fit(cfg, data)
+    ev = evaluate(cfg, data, maps, out, log)
+    sections, extra = studies(cfg, data, ev, maps, out)
+
+    provenance = {
+        "dataset": f"LFW ({len(data.names)} images)",
+        "fit_images": int(data.fit.sum()),
+        "fit_identities": int(np.unique(data.ids[data.fit]).size),
+        "seed": cfg.seed,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
+    }
+    files = map_files(data, maps, hub, provenance)
+    write(out, files)
+    published = publish(cfg, list(files.values()), log) if cfg.store or cfg.publish else []
+
+    extra |= {
+        "config": cfg.public(),
+        "provenance": provenance,
+        "published": published,
+        "run_seconds": round(time.perf_counter() - t0, 1),
+    }
+    description = (
+        f"Maps fitted on {data.fit.sum()} LFW images of {provenance['fit_identities']} people and evaluated "
+        f"on {ev.what} (seed {cfg.seed}). Row A's side is embedded by A and mapped into B's space; column "
+        "B's side is embedded by B. Run: `mapper-train "
+        + redacted(sys.argv[1:] if argv is None else argv)
+        + "`."
+    )
+    report = write_report(
+        out,
+        ev.results,
+        title="Cross-model face verification",
+        description=description,
+        extra_sections=sections,
+        extra_json=extra,
+    )
+    (out / "config.json").write_text(json.dumps(extra["config"], indent=1, default=str))
+    print_summary(ev.results)
+    log(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Map files: safetensors tensors plus JSON metadata, with a checksum. Never pickle.
+
+A file holds one map or one canonical hub (its legs). The safetensors header carries one
+metadata entry, ``mapper``: a JSON document with the format version, each map's kind,
+parameters, model ids and dimensions, fit statistics, the provenance given at save time,
+and a sha256 over the metadata and every tensor's name, dtype, shape and bytes. Loading
+checks all of it and raises :class:`MapFileError` naming the file and the fault.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from mapper import __version__
+from mapper.core.hub import CanonicalSpace
+from mapper.core.kinds import FILE_CLASSES
+from mapper.core.maps import EmbeddingMap
+from mapper.errors import MapFileError
+
+FORMAT = "face-mapper/1"
+MapObject = EmbeddingMap | CanonicalSpace
+
+
+def _checksum(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{t.dtype.str}|{t.shape}".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
+
+
+def _map_entry(m: EmbeddingMap, prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    names = []
+    for name, t in m._state_tensors().items():
+        tensors[prefix + name] = np.ascontiguousarray(t)
+        names.append(name)
+    return {
+        "kind": m.kind,
+        "prefix": prefix,
+        "tensors": names,
+        "params": m.get_params(),
+        "source_id": m.source_id,
+        "target_id": m.target_id,
+        "d_source": int(m.n_features_in_),
+        "d_target": int(m.n_features_out_),
+        "fit_info": m.fit_info_,
+    }
+
+
+def dumps(obj: MapObject, provenance: dict[str, Any] | None = None) -> bytes:
+    """Serialise a fitted map or hub to bytes (the content of a ``.safetensors`` file)."""
+    tensors: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "library_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "provenance": provenance or {},
+    }
+    if isinstance(obj, CanonicalSpace):
+        meta["object"] = "hub"
+        meta["hub"] = {
+            "params": obj.get_params(),
+            "models": obj.models_,
+            "dim": obj.dim_,
+            "fit_info": obj.fit_info_,
+        }
+        meta["maps"] = [
+            _map_entry(leg, f"{model}/{direction}/", tensors)
+            for model in obj.models_
+            for direction, leg in zip(("forward", "backward"), obj.legs_[model], strict=True)
+        ]
+    else:
+        meta["object"] = "map"
+        meta["maps"] = [_map_entry(obj, "", tensors)]
+    meta = json.loads(json.dumps(meta, default=_json_default))  # normalise types for the checksum
+    meta["checksum"] = _checksum(meta, tensors)
+    return _st_save(tensors, metadata={"mapper": json.dumps(meta, sort_keys=True)})
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | np.ndarray):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in map metadata")
+
+
+def read_metadata(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
+    """The ``mapper`` metadata of a map file's bytes, without loading tensors or verifying."""
+    if len(data) < 8:
+        raise MapFileError(f"{source}: too short to be a map file ({len(data)} bytes)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise MapFileError(f"{source}: truncated (header says {header_len} bytes, file has {len(data) - 8})")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        meta = json.loads(header["__metadata__"]["mapper"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise MapFileError(f"{source}: not a face-mapper map file ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise MapFileError(f"{source}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def loads(data: bytes, source: str = "<bytes>") -> MapObject:
+    """Load a map or hub from bytes, verifying checksum, shapes and metadata."""
+    meta = read_metadata(data, source)
+    try:
+        tensors = _st_load(data)
+    except Exception as e:  # safetensors raises its own error types for bad buffers
+        raise MapFileError(f"{source}: corrupt tensor data ({e})") from e
+    expected = meta.pop("checksum", None)
+    if expected is None or _checksum(meta, tensors) != expected:
+        raise MapFileError(f"{source}: checksum mismatch: the file is corrupt or was modified")
+    maps = [_build_map(entry, tensors, source) for entry in meta["maps"]]
+    if meta["object"] == "map":
+        return maps[0]
+    hub_meta = meta["hub"]
+    hub = CanonicalSpace(**hub_meta["params"])
+    hub.models_ = list(hub_meta["models"])
+    hub.dim_ = int(hub_meta["dim"])
+    hub.fit_info_ = hub_meta["fit_info"]
+    hub.n_iter_ = hub.fit_info_.get("n_iter")
+    hub.legs_ = {m: (maps[2 * i], maps[2 * i + 1]) for i, m in enumerate(hub.models_)}
+    return hub
+
+
+def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> EmbeddingMap:
+    cls = FILE_CLASSES.get(entry["kind"])
+    if cls is None:
+        raise MapFileError(f"{source}: unknown map kind {entry['kind']!r}")
+    own = {name: tensors[entry["prefix"] + name] for name in entry["tensors"]}
+    weight = own["weight"]
+    if weight.shape != (entry["d_source"], entry["d_target"]):
+        raise MapFileError(
+            f"{source}: weight shape {weight.shape} does not match the stated dimensions "
+            f"({entry['d_source']}, {entry['d_target']})"
+        )
+    params = dict(entry["params"])
+    for key, value in params.items():
+        if isinstance(value, list):
+            params[key] = tuple(value)
+    m = cls(**params)
+    m._load_state(own, entry["fit_info"])
+    return m
+
+
+def save(obj: MapObject, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None) -> Path:
+    """Serialise ``obj`` and :func:`write` it."""
+    return write(path, dumps(obj, provenance))
+
+
+def write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write map-file bytes atomically (temporary file, fsync, rename): a crash leaves the old
+    file or the new."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike[str]) -> MapObject:
+    """Read and verify a map file written by :func:`save`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MapFileError(f"{path}: cannot read map file ({e.strerror})") from e
+    return loads(data, str(path))

@@ -1,0 +1,122 @@
+"""A non-linear map (small MLP, trained with torch on CPU) to compare against linear maps.
+
+Training needs torch; applying does not: the fitted layers are plain numpy arrays, so the
+service can serve an MLP map without importing torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from mapper.core.maps import EmbeddingMap
+from mapper.core.validation import check_embeddings, l2_normalize
+
+
+class MLPMap(EmbeddingMap):
+    """``y = mean_t + Linear(x_c) + MLP(x_c)``: a linear skip path plus ReLU hidden layers.
+
+    Fitted on centred, normalised pairs with Adam on the mean squared error, full batch,
+    with weight decay; ``random_state`` makes training repeatable. ``weight_`` holds the
+    linear skip path (so the map starts out as, and stays close to, a linear map);
+    ``layers_`` the hidden layers as (weight (d_in, d_out), bias (d_out,)) pairs.
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self,
+        *,
+        hidden: tuple[int, ...] = (512,),
+        epochs: int = 300,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        random_state: int = 0,
+        center: bool = True,
+        normalize_input: bool = True,
+        normalize_output: bool = True,
+        source_id: str | None = None,
+        target_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            center=center,
+            normalize_input=normalize_input,
+            normalize_output=normalize_output,
+            source_id=source_id,
+            target_id=target_id,
+        )
+        self.hidden = hidden
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+
+    def _fit_centered(self, Xc: np.ndarray, Yc: np.ndarray, groups: Any) -> dict[str, Any]:
+        import torch
+
+        torch.manual_seed(self.random_state)
+        sizes = [Xc.shape[1], *self.hidden, Yc.shape[1]]
+        layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
+        skip = torch.nn.Linear(Xc.shape[1], Yc.shape[1], bias=False)
+        params = [p for layer in [*layers, skip] for p in layer.parameters()]
+        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        x = torch.as_tensor(Xc, dtype=torch.float32)
+        y = torch.as_tensor(Yc, dtype=torch.float32)
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            h = inp
+            for layer in layers[:-1]:
+                h = torch.relu(layer(h))
+            return skip(inp) + layers[-1](h)
+
+        loss = torch.tensor(0.0)
+        for _ in range(self.epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(forward(x), y)
+            loss.backward()
+            opt.step()
+        self.weight_ = skip.weight.detach().double().numpy().T.copy()
+        self.layers_ = [
+            (layer.weight.detach().double().numpy().T.copy(), layer.bias.detach().double().numpy().copy())
+            for layer in layers
+        ]
+        return {"final_mse": float(loss.detach()), "epochs": self.epochs, "hidden": list(self.hidden)}
+
+    def _predict_centered(self, Xc: np.ndarray) -> np.ndarray:
+        h = Xc
+        for w, b in self.layers_[:-1]:
+            h = np.maximum(h @ w.astype(h.dtype, copy=False) + b.astype(h.dtype, copy=False), 0)
+        w, b = self.layers_[-1]
+        return Xc @ self.weight_.astype(Xc.dtype, copy=False) + (
+            h @ w.astype(h.dtype, copy=False) + b.astype(h.dtype, copy=False)
+        )
+
+    def _set_bias(self) -> None:
+        self.bias_ = self.target_mean_
+        self._cast = {}
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "layers_")
+        X = check_embeddings(X, name="X", dim=self.n_features_in_)
+        Xp = l2_normalize(X) if self.normalize_input else X
+        Y = self._predict_centered(Xp - self.source_mean_.astype(X.dtype, copy=False))
+        Y += self.target_mean_.astype(X.dtype, copy=False)
+        return l2_normalize(Y, copy=False) if self.normalize_output else Y
+
+    def inverse_transform(self, Y: Any) -> np.ndarray:
+        raise NotImplementedError("an MLP map has no inverse; fit a map in the other direction")
+
+    def _state_tensors(self) -> dict[str, np.ndarray]:
+        tensors = super()._state_tensors()
+        for i, (w, b) in enumerate(self.layers_):
+            tensors[f"layers.{i}.weight"] = w
+            tensors[f"layers.{i}.bias"] = b
+        return tensors
+
+    def _load_state(self, tensors: dict[str, np.ndarray], fit_info: dict[str, Any]) -> None:
+        super()._load_state(tensors, fit_info)
+        n_layers = sum(1 for k in tensors if k.startswith("layers.") and k.endswith(".weight"))
+        self.layers_ = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]) for i in range(n_layers)]

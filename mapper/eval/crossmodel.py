@@ -1,0 +1,157 @@
+"""The papers' experiment: every ordered model pair, one side mapped, TAR at fixed FAR.
+
+For models A and B and a template pair (t1, t2): t1's images are embedded by A, mapped
+image by image into B's space and pooled; t2 is pooled from B's own embeddings; the score
+is their cosine. Kinds: ``none`` (no map: chance, both truncated to the smaller dimension),
+``linear``, ``rotation``, ``hub`` (through a canonical space) and ``mlp``; the diagonal
+holds native A/A verification.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mapper.core.hub import CanonicalSpace
+from mapper.core.kinds import DIRECT
+from mapper.core.maps import EmbeddingMap
+from mapper.eval.metrics import evaluate
+from mapper.eval.protocols import VerificationProtocol
+from mapper.eval.templates import pair_scores, pool_templates
+
+SUMMARY_FARS = (1e-2, 1e-3, 1e-4)
+CURVE_FARS = np.logspace(-6, 0, 61)
+
+
+def fit_maps(
+    embeddings: Mapping[str, np.ndarray],
+    kinds: tuple[str, ...] = ("linear", "rotation", "hub"),
+    *,
+    groups: np.ndarray | None = None,
+    progress: bool = True,
+    mlp_params: dict[str, Any] | None = None,
+) -> dict[tuple[str, str, str], EmbeddingMap]:
+    """{(A, B, kind): map A -> B} for every ordered pair; ``hub`` maps are compositions
+    through one :class:`CanonicalSpace` fitted on all models (stored under key
+    ``("*", "*", "hub-space")``)."""
+    models = list(embeddings)
+    maps: dict[tuple[str, str, str], Any] = {}
+    jobs = [(a, b, k) for k in kinds if k in DIRECT for a in models for b in models if a != b]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for a, b, kind in tqdm(jobs, desc="fitting maps", unit="map", disable=not progress):
+            params = (mlp_params or {}) if kind == "mlp" else {}
+            maps[a, b, kind] = DIRECT[kind](source_id=a, target_id=b, **params).fit(
+                embeddings[a], embeddings[b], groups=groups
+            )
+        if "hub" in kinds:
+            hub = CanonicalSpace(name="hub").fit(embeddings, groups=groups)
+            maps["*", "*", "hub-space"] = hub
+            for a in models:
+                for b in models:
+                    if a != b:
+                        maps[a, b, "hub"] = hub.mapping(a, b)
+    return maps
+
+
+@dataclass
+class CrossModelResults:
+    models: list[str]
+    kinds: list[str]
+    fars: tuple[float, ...]
+    convention: str
+    #: tar[kind][far] is a (K, K) matrix: row = model A (mapped side), column = model B.
+    #: The diagonal is native verification for every kind.
+    tar: dict[str, dict[float, np.ndarray]] = field(default_factory=dict)
+    auc: dict[str, np.ndarray] = field(default_factory=dict)
+    #: curves[(A, B, kind)] = TAR at CURVE_FARS (strict), for ROC plots
+    curves: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
+    n_genuine: int = 0
+    n_impostor: int = 0
+
+    def summary(self) -> dict[str, dict[float, float]]:
+        """Mean native (diagonal) and mean per map kind (off-diagonal) TAR at each FAR."""
+        k = len(self.models)
+        off = ~np.eye(k, dtype=bool)
+        first = self.kinds[0]
+        with warnings.catch_warnings():  # FARs too fine for the protocol are all-NaN: mean NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = {"native": {f: float(np.nanmean(np.diag(self.tar[first][f]))) for f in self.fars}}
+            for kind in self.kinds:
+                out[kind] = {f: float(np.nanmean(self.tar[kind][f][off])) for f in self.fars}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": self.models,
+            "kinds": self.kinds,
+            "convention": self.convention,
+            "n_genuine": self.n_genuine,
+            "n_impostor": self.n_impostor,
+            "tar": {k: {f"{f:g}": m.tolist() for f, m in v.items()} for k, v in self.tar.items()},
+            "auc": {k: v.tolist() for k, v in self.auc.items()},
+            "summary": {k: {f"{f:g}": v for f, v in d.items()} for k, d in self.summary().items()},
+        }
+
+
+def cross_model_eval(
+    embeddings: Mapping[str, np.ndarray],
+    protocol: VerificationProtocol,
+    maps: Mapping[tuple[str, str, str], Any],
+    kinds: tuple[str, ...] = ("none", "linear", "rotation", "hub"),
+    *,
+    fars: tuple[float, ...] = SUMMARY_FARS,
+    convention: str = "strict",
+    progress: bool = True,
+) -> CrossModelResults:
+    """Evaluate every ordered pair for every kind whose maps are present in ``maps``."""
+    models = list(embeddings)
+    kinds = tuple(k for k in kinds if k == "none" or any(key[2] == k for key in maps))
+    res = CrossModelResults(models, list(kinds), tuple(fars), convention)
+    res.n_genuine, res.n_impostor = int(protocol.labels.sum()), int((~protocol.labels).sum())
+
+    def templates(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return pool_templates(x, protocol.template_ids, protocol.media_ids)
+
+    tids = np.unique(protocol.template_ids)  # the order pool_templates returns, shared by all
+    pos = {t: k for k, t in enumerate(tids)}
+    i = np.array([pos[t] for t in protocol.pairs[:, 0]])
+    j = np.array([pos[t] for t in protocol.pairs[:, 1]])
+    native = {m: templates(embeddings[m])[1] for m in models}
+
+    def score(A: np.ndarray, B: np.ndarray) -> tuple[dict[float, float], float, np.ndarray]:
+        s = pair_scores(A, B, i, j)
+        v = evaluate(s, protocol.labels, fars, convention=convention, curve_fars=CURVE_FARS)
+        return v.tar, v.auc, v.curve
+
+    k = len(models)
+    for kind in kinds:
+        res.tar[kind] = {f: np.full((k, k), np.nan) for f in fars}
+        res.auc[kind] = np.full((k, k), np.nan)
+    jobs = [(a, b, kind) for a in range(k) for b in range(k) for kind in kinds if a != b or kind == kinds[0]]
+    for a, b, kind in tqdm(jobs, desc="evaluating", unit="pair", disable=not progress):
+        A, B = models[a], models[b]
+        if a == b:
+            tar, auc, curve = score(native[A], native[A])
+            for kd in kinds:
+                for f in fars:
+                    res.tar[kd][f][a, a] = tar[f]
+                res.auc[kd][a, a] = auc
+            res.curves[A, A, "native"] = curve
+            continue
+        if kind == "none":
+            d = min(native[A].shape[1], native[B].shape[1])
+            side_a, side_b = native[A][:, :d], native[B][:, :d]
+        else:
+            side_a, side_b = templates(maps[A, B, kind].transform(embeddings[A]))[1], native[B]
+        tar, auc, curve = score(side_a, side_b)
+        for f in fars:
+            res.tar[kind][f][a, b] = tar[f]
+        res.auc[kind][a, b] = auc
+        res.curves[A, B, kind] = curve
+    return res

@@ -1,0 +1,161 @@
+"""The evaluation report: Markdown, PNG figures and a machine-readable results file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mapper.eval.crossmodel import CURVE_FARS, CrossModelResults
+from mapper.faces import registry
+
+#: The papers' IJB-C 1:1 figures (McNeely-White et al.): mean TAR at FAR 1e-2 over 10 CNNs.
+PAPERS = {"native": 0.96, "linear": 0.95, "rotation": 0.91}
+CONVENTION_TEXT = {
+    "strict": "TAR at the lowest threshold whose FAR does not exceed the target",
+    "ijbc": "TPR at the sklearn ROC point whose FPR is nearest the target, as the IJB-C scripts",
+}
+
+
+def short(name: str) -> str:
+    """The model's label in tables and plots (the registry's ``short``)."""
+    model = registry.load().get(name)
+    return model.label if model else name
+
+
+def heatmaps(
+    models: list[str], matrices: dict[str, np.ndarray], path: Path, *, label: str, title: str, vmin: float = 0
+) -> None:
+    """One annotated K x K heat map per kind, side by side (row A mapped into column B)."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 1, 3.8), squeeze=False)
+    labels = [short(m) for m in models]
+    middle = (vmin + 1) / 2
+    for n, (ax, (kind, m)) in enumerate(zip(axes[0], matrices.items(), strict=True)):
+        im = ax.imshow(m, vmin=vmin, vmax=1, cmap="viridis")
+        ax.set_title(kind)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels if n == 0 else [], fontsize=8)
+        ax.set_xlabel("B (native side)")
+        for (r, c), v in np.ndenumerate(m):
+            color = "white" if v < middle else "black"
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color=color)
+    axes[0][0].set_ylabel("A (mapped into B)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def roc_grid(res: CrossModelResults, path: Path) -> None:
+    k = len(res.models)
+    fig, axes = plt.subplots(k, k, figsize=(3.2 * k, 2.8 * k), sharex=True, sharey=True, squeeze=False)
+    for a, A in enumerate(res.models):
+        for b, B in enumerate(res.models):
+            ax = axes[a][b]
+            ax.plot(CURVE_FARS, res.curves[B, B, "native"], "k-", lw=1.5, label="native (B vs B)")
+            if a != b:
+                for kind in res.kinds:
+                    ax.plot(CURVE_FARS, res.curves[A, B, kind], lw=1, label=kind)
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.01)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{short(A)} → {short(B)}" if a != b else f"{short(A)} native", fontsize=9)
+            if a == k - 1:
+                ax.set_xlabel("FAR")
+            if b == 0:
+                ax.set_ylabel("TAR")
+    handles, labels = axes[0][1 if k > 1 else 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def fewshot_plot(curve: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for kind, points in curve["tar"].items():
+        ax.plot(curve["pairs"], points, "o-", label=kind)
+    ax.axhline(curve["native"], color="k", ls="--", lw=1, label="native (mean)")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(
+        curve["pairs"],
+        [f"{p}\n({i} ppl)" for p, i in zip(curve["pairs"], curve["identities"], strict=True)],
+        fontsize=7,
+    )
+    ax.set_xlabel("fitting pairs (images embedded by both models), and the people they show")
+    ax.set_ylabel(f"mean TAR @ FAR {curve['far']:g}")
+    ax.set_title("How little data is enough")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def summary_table(res: CrossModelResults) -> str:
+    summary = res.summary()
+    fars = res.fars
+    head = "| | " + " | ".join(f"TAR@FAR={f:g}" for f in fars) + " | papers, IJB-C, TAR@FAR=1e-2 |"
+    lines = [head, "|---" * (len(fars) + 2) + "|"]
+    for kind, values in summary.items():
+        paper = PAPERS.get(kind)
+        lines.append(f"| {kind} | " + " | ".join(f"{values[f]:.4f}" for f in fars) + f" | {paper or '-'} |")
+    return "\n".join(lines)
+
+
+def matrix_table(models: list[str], matrix: np.ndarray) -> str:
+    names = [short(m) for m in models]
+    lines = ["| A \\ B | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for a, name in enumerate(names):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in matrix[a]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    out: str | Path,
+    res: CrossModelResults,
+    *,
+    title: str,
+    description: str,
+    extra_sections: list[tuple[str, str]] | None = None,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """Write report.md, results.json and figures into ``out``; returns report.md's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for far in res.fars:
+        heatmaps(
+            res.models,
+            {k: res.tar[k][far] for k in res.kinds},
+            out / f"tar_far{far:g}.png",
+            label=f"TAR @ FAR {far:g} ({res.convention})",
+            title=f"Cross-model verification, TAR @ FAR {far:g}; diagonal = native",
+        )
+    roc_grid(res, out / "roc.png")
+    parts = [
+        f"# {title}",
+        description,
+        f"Pairs: {res.n_genuine:,} genuine, {res.n_impostor:,} impostor. Every TAR here uses the "
+        f"**{res.convention}** convention ({CONVENTION_TEXT[res.convention]}).",
+        "## Summary (mean native = diagonal; mean per map kind = off-diagonal)",
+        summary_table(res),
+    ]
+    for far in res.fars:
+        parts.append(f"## TAR @ FAR {far:g}\n\n![TAR matrices at FAR {far:g}](tar_far{far:g}.png)")
+        for kind in res.kinds:
+            parts.append(
+                f"**{kind}** (row A mapped into column B's space; diagonal native)\n\n"
+                + matrix_table(res.models, res.tar[kind][far])
+            )
+    parts.append("## ROC curves\n\n![ROC curves](roc.png)")
+    for heading, body in extra_sections or []:
+        parts.append(f"## {heading}\n\n{body}")
+    path = out / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    (out / "results.json").write_text(json.dumps({**res.to_json(), **(extra_json or {})}, indent=1))
+    return path

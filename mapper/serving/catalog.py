@@ -1,0 +1,85 @@
+"""Which map answers "source -> target": direct maps first, else a canonical hub."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from mapper.core.hub import CanonicalSpace
+from mapper.core.kinds import DIRECT, REQUESTABLE
+from mapper.core.mapfile import MapObject
+from mapper.core.maps import EmbeddingMap
+from mapper.errors import InvalidInput, MapFileError, MapNotFound
+
+
+@dataclass(frozen=True)
+class MapRef:
+    """A stored map's identity: every translation reports the one it used."""
+
+    map_id: str
+    version: int
+    sha256: str
+    kind: str
+
+
+def map_id_of(obj: MapObject) -> str:
+    """``source->target:kind`` for a map, ``hub:name`` for a hub."""
+    if isinstance(obj, CanonicalSpace):
+        return f"hub:{obj.name}"
+    if not obj.source_id or not obj.target_id:
+        raise MapFileError("a stored map needs source_id and target_id (set them before fitting or saving)")
+    return f"{obj.source_id}->{obj.target_id}:{obj.kind}"
+
+
+class Catalog:
+    """An immutable snapshot of the maps being served, and the rule that picks one."""
+
+    def __init__(self, entries: Iterable[tuple[MapRef, MapObject]] = ()) -> None:
+        self._maps: dict[str, tuple[MapRef, MapObject]] = {ref.map_id: (ref, obj) for ref, obj in entries}
+        self._hubs = [(ref, obj) for ref, obj in self._maps.values() if isinstance(obj, CanonicalSpace)]
+        # Immutable, so answers can be cached: a service resolves on every call, and a hub's
+        # composed source -> target map is built once. Errors are not cached.
+        self.resolve = lru_cache(maxsize=4096)(self._resolve)
+        self._models = self._collect_models()
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def refs(self) -> list[MapRef]:
+        return [ref for ref, _ in self._maps.values()]
+
+    def models(self) -> dict[str, int]:
+        """{model name: embedding dimension} over every map and hub served."""
+        return dict(self._models)
+
+    def _collect_models(self) -> dict[str, int]:
+        dims: dict[str, int] = {}
+        for _, obj in self._maps.values():
+            if isinstance(obj, CanonicalSpace):
+                for model, (forward, _) in obj.legs_.items():
+                    dims[model] = forward.n_features_in_
+            else:
+                dims[obj.source_id] = obj.n_features_in_
+                dims[obj.target_id] = obj.n_features_out_
+        return dims
+
+    def _resolve(self, source: str, target: str, kind: str = "any") -> tuple[EmbeddingMap, MapRef]:
+        """The map for source -> target of ``kind`` ("any": direct first, then a hub)."""
+        if kind not in REQUESTABLE:
+            raise InvalidInput(f"kind must be one of {REQUESTABLE}, got {kind!r}")
+        unknown = [m for m in (source, target) if m not in self._models]
+        if unknown:
+            raise MapNotFound(f"unknown model(s) {unknown}; models with maps: {sorted(self._models)}")
+        for k in DIRECT if kind == "any" else (kind,):
+            found = self._maps.get(f"{source}->{target}:{k}")
+            if found:
+                ref, obj = found
+                assert isinstance(obj, EmbeddingMap)
+                return obj, ref
+        if kind in ("any", "hub"):
+            for ref, hub in self._hubs:
+                if source in hub.legs_ and target in hub.legs_:
+                    return hub.mapping(source, target), ref
+        available = sorted(r.map_id for r in self.refs())
+        raise MapNotFound(f"no {kind} map from {source!r} to {target!r}; maps served: {available}")

@@ -1,0 +1,60 @@
+"""mapper-serve: flags (and MAPPER_<FLAG> environment variables) -> ServiceConfig -> serve."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .app import ServiceConfig, serve
+
+HELP = {
+    "host": "address to bind (default %(default)s)",
+    "port": "gRPC port, 0 = any free port",
+    "store": "SQLite map store file (created if new)",
+    "metrics_port": "Prometheus /metrics HTTP port, -1 = off",
+    "admin_token": "token required by PutMapping/DeleteMapping/RollbackMapping (Bearer)",
+    "tls_cert": "PEM server certificate (enables TLS)",
+    "tls_key": "PEM server private key",
+    "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",
+    "max_batch": "most embeddings or images per request",
+    "max_message_mb": "largest request in MiB; larger ones get RESOURCE_EXHAUSTED",
+    "workers": "RPC worker threads",
+    "reload_interval": "seconds between checks of the store for new map versions",
+    "blas_threads": "BLAS threads per call (default %(default)s); calls run in parallel",
+    "grace": "seconds in-flight calls get to finish on SIGTERM",
+    "triton_url": "Triton gRPC address (host:port) serving the face models; enables Embed",
+    "weights_dir": "folder of model folders, for dlib's landmark model (default: zoo's models/)",
+    "triton_timeout": "seconds each Triton call may take before Embed answers UNAVAILABLE",
+    "log_level": "logging level",
+    "port_file": "write the bound gRPC port here once serving",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mapper-serve",
+        description="Serve fitted face-embedding maps over gRPC (translate, compare, manage maps). "
+        "Every flag can also be set by an environment variable MAPPER_<FLAG> (e.g. MAPPER_PORT).",
+    )
+    for f in dataclasses.fields(ServiceConfig):
+        # argparse converts a string default with `type`, so MAPPER_<FLAG> is checked like the flag.
+        kind: Callable[[str], Any] = {"int": int, "float": float}.get(str(f.type), str)
+        env = f"MAPPER_{f.name.upper()}"
+        ap.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=kind,
+            default=os.environ.get(env, f.default),
+            help=HELP[f.name],
+        )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve(ServiceConfig(**vars(build_parser().parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Cross-cutting concerns of every MapperService RPC, in one place: the admin check, the
+exception -> status mapping and the request metrics, for unary and streaming methods."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from mapper.errors import InvalidInput, LimitExceeded, NotFound, Unavailable
+
+from . import metrics
+from .gen import mapper_pb2 as pb
+
+log = logging.getLogger("mapper.service")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MapperService"].full_name
+ADMIN_METHODS = frozenset({"PutMapping", "DeleteMapping", "RollbackMapping"})
+
+
+class Unauthenticated(Exception):
+    """An admin call without the right token (UNAUTHENTICATED)."""
+
+
+#: Only the library's own error types (and the service's) have a status; anything else is
+#: a bug: INTERNAL, logged with its traceback, and the client learns nothing of it.
+STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    return next((code for cls, code in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Wraps each MapperService handler once (cached by method): admin token check,
+    error -> status, request count and latency. Health and reflection pass through."""
+
+    def __init__(self, admin_token: str | None = None) -> None:
+        self.admin_token = admin_token
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[Any], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(details)
+        service, _, name = method.lstrip("/").rpartition("/")
+        if handler is None or service != SERVICE_NAME:
+            return handler
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(name, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_stream is not None:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                self._stream(name, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def check_admin(self, context: grpc.ServicerContext) -> None:
+        if not self.admin_token:
+            return
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            raise Unauthenticated("admin call needs metadata 'authorization: Bearer <admin token>'")
+
+    def _fail(self, name: str, exc: Exception, context: grpc.ServicerContext, prefix: str = "") -> None:
+        code = status_for(exc)
+        metrics.REQUESTS.labels(name, code.name).inc()
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("internal error in %s", name)
+            context.abort(code, "internal error")
+        context.abort(code, f"{prefix}{exc}")
+
+    def _unary(self, name: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        admin = name in ADMIN_METHODS
+        # Children bound once: a labels() lookup per call costs more than the count itself.
+        ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            t0 = time.perf_counter()
+            try:
+                if admin:
+                    self.check_admin(context)
+                reply = behaviour(request, context)
+                ok.inc()
+                return reply
+            except Exception as exc:
+                self._fail(name, exc, context)
+            finally:
+                latency.observe(time.perf_counter() - t0)
+
+        return call
+
+    def _stream(self, name: str, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
+
+        def call(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            t0 = time.perf_counter()
+            count = 0
+            try:
+                for count, reply in enumerate(behaviour(requests, context), 1):  # noqa: B007
+                    yield reply
+                ok.inc()
+            except Exception as exc:
+                self._fail(name, exc, context, prefix=f"stream message {count + 1}: ")
+            finally:
+                latency.observe(time.perf_counter() - t0)
+
+        return call

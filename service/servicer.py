@@ -1,0 +1,121 @@
+"""MapperService over gRPC: protos in, :class:`mapper.serving.translator.Translator` calls,
+protos out. Admin checks, errors and metrics are the interceptor's (``interceptors.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from mapper.errors import InvalidInput, LimitExceeded, TritonUnavailableError
+from mapper.faces.embed import FaceEmbedder
+from mapper.serving.translator import Translator
+
+from . import convert, metrics
+from .gen import mapper_pb2 as pb
+from .gen import mapper_pb2_grpc as pb_grpc
+
+
+class MapperServicer(pb_grpc.MapperServiceServicer):
+    """Adapts each RPC to the translator (and, for Embed, a face embedder)."""
+
+    def __init__(self, translator: Translator, *, embedder: FaceEmbedder | None = None) -> None:
+        self.translator = translator
+        self.embedder = embedder
+
+    def _array(self, msg: pb.Embeddings, name: str):
+        self.translator.check_rows(msg.rows, name)  # before the bytes are looked at
+        return convert.to_array(msg, name)
+
+    def _kind(self, value: int) -> str:
+        kind = convert.KIND_NAMES.get(value)
+        if kind is None:
+            raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
+        return kind
+
+    def _translate(self, request: pb.TranslateRequest) -> pb.TranslateResponse:
+        kind = self._kind(request.kind)
+        x = self._array(request.embeddings, "embeddings")
+        y, ref = self.translator.translate(x, request.source_model, request.target_model, kind)
+        metrics.translated(request.source_model, request.target_model).inc(x.shape[0])
+        return pb.TranslateResponse(
+            embeddings=convert.from_array(y), map=convert.ref_to_pb(ref), request_id=request.request_id
+        )
+
+    def Translate(self, request: pb.TranslateRequest, context: grpc.ServicerContext) -> pb.TranslateResponse:
+        return self._translate(request)
+
+    def TranslateStream(
+        self, requests: Iterator[pb.TranslateRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.TranslateResponse]:
+        # gRPC's HTTP/2 flow control bounds what is in flight: the next request is read only
+        # after the previous reply was handed to the transport.
+        for request in requests:
+            yield self._translate(request)
+
+    def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext) -> pb.CompareResponse:
+        kind = self._kind(request.kind)
+        result = self.translator.compare(
+            self._array(request.a, "a"),
+            self._array(request.b, "b"),
+            request.model_a,
+            request.model_b,
+            kind=kind,
+            far=request.far,
+        )
+        reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist())
+        if result.map is not None:
+            reply.map.CopyFrom(convert.ref_to_pb(result.map))
+            metrics.translated(request.model_a, request.model_b).inc(len(result.scores))
+        if result.same is not None:
+            reply.threshold = result.threshold
+            reply.same.extend(result.same.tolist())
+        return reply
+
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        if self.embedder is None:
+            raise TritonUnavailableError("Embed needs a Triton server: start mapper-serve with --triton-url")
+        if not request.images:
+            raise InvalidInput("no images given")
+        if len(request.images) > self.translator.max_batch:
+            raise LimitExceeded(f"{len(request.images)} images; the limit is {self.translator.max_batch}")
+        result = self.embedder.embed(list(request.images), request.model)
+        return pb.EmbedResponse(embeddings=convert.from_array(result.embeddings), failed=result.failed)
+
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        dims = self.translator.models()
+        return pb.ListModelsResponse(models=[pb.ModelInfo(name=n, dim=d) for n, d in sorted(dims.items())])
+
+    def ListMappings(
+        self, request: pb.ListMappingsRequest, context: grpc.ServicerContext
+    ) -> pb.ListMappingsResponse:
+        maps = self.translator.list(
+            all_versions=request.all_versions, source=request.source_model, target=request.target_model
+        )
+        return pb.ListMappingsResponse(maps=[convert.info_to_pb(m) for m in maps])
+
+    def GetMapping(
+        self, request: pb.GetMappingRequest, context: grpc.ServicerContext
+    ) -> pb.GetMappingResponse:
+        m = self.translator.get(request.map_id, request.version or None)
+        return pb.GetMappingResponse(
+            info=convert.info_to_pb(m), map_file=(m.data or b"") if request.include_file else b""
+        )
+
+    def PutMapping(
+        self, request: pb.PutMappingRequest, context: grpc.ServicerContext
+    ) -> pb.PutMappingResponse:
+        return pb.PutMappingResponse(info=convert.info_to_pb(self.translator.publish(request.map_file)))
+
+    def DeleteMapping(
+        self, request: pb.DeleteMappingRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteMappingResponse:
+        return pb.DeleteMappingResponse(versions_deleted=self.translator.delete(request.map_id))
+
+    def RollbackMapping(
+        self, request: pb.RollbackMappingRequest, context: grpc.ServicerContext
+    ) -> pb.RollbackMappingResponse:
+        stored = self.translator.rollback(request.map_id, request.version)
+        return pb.RollbackMappingResponse(info=convert.info_to_pb(stored))

@@ -1,0 +1,115 @@
+"""The transport-neutral serving layer in-process (a real SQLite file), and the interceptor
+that maps its errors to gRPC statuses (a real in-process gRPC server on loopback)."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from mapper import LinearMap, RotationMap
+from mapper.core import mapfile
+from mapper.core.calibration import Calibration
+from mapper.errors import EmbeddingError, InvalidInput, LimitExceeded, MapNotFound
+from mapper.serving.sqlite import SQLiteMapStore
+from mapper.serving.translator import Translator
+from service import metrics
+from service.client import MapperClient
+from service.gen import mapper_pb2_grpc as pb_grpc
+from service.interceptors import ServiceInterceptor, status_for
+from service.servicer import MapperServicer
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((300, 16))
+W = np.linalg.qr(rng.standard_normal((16, 16)))[0][:, :12]
+Y = X @ W + 0.01 * rng.standard_normal((300, 12))
+
+
+def linear_file(threshold: float = 0.5) -> bytes:
+    m = LinearMap(source_id="a", target_id="b").fit(X, Y)
+    return mapfile.dumps(m, {"calibration": Calibration({"0.01": threshold}).to_dict()})
+
+
+@pytest.fixture
+def translator(tmp_path):
+    store = SQLiteMapStore(tmp_path / "maps.sqlite")
+    store.publish(linear_file())
+    return Translator(store, max_batch=100)
+
+
+def test_translate_uses_the_stored_map(translator):
+    y, ref = translator.translate(X[:5].astype(np.float32), "a", "b")
+    assert y.shape == (5, 12) and ref.map_id == "a->b:linear" and ref.version == 1
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, rtol=1e-5)
+
+
+def test_compare_decides_with_the_calibrated_threshold(translator):
+    a, b = X[:10].astype(np.float32), Y[:10].astype(np.float32)
+    result = translator.compare(a, b, "a", "b", far=0.01)
+    assert result.threshold == 0.5 and result.map.map_id == "a->b:linear"
+    np.testing.assert_array_equal(result.same, result.scores >= 0.5)
+    assert (result.scores > 0.9).all()  # planted: a near-exact linear relation
+    with pytest.raises(InvalidInput, match="no calibrated threshold at FAR 0.001"):
+        translator.compare(a, b, "a", "b", far=1e-3)
+    same_model = translator.compare(b, b, "b", "b")
+    assert same_model.map is None
+    np.testing.assert_allclose(same_model.scores, 1, rtol=1e-5)
+
+
+def test_errors_are_the_library_s(translator):
+    with pytest.raises(MapNotFound):
+        translator.translate(X[:2], "a", "nobody")
+    with pytest.raises(LimitExceeded):
+        translator.translate(np.zeros((101, 16), np.float32), "a", "b")
+    with pytest.raises(EmbeddingError):
+        translator.translate(np.zeros((2, 15), np.float32), "a", "b")
+    with pytest.raises(EmbeddingError):
+        translator.compare(X[:3], Y[:2], "a", "b")
+
+
+def test_reload_sees_a_publish_from_another_process_s_store(translator, tmp_path):
+    other = SQLiteMapStore(tmp_path / "maps.sqlite")  # a second connection, as another process
+    other.publish(mapfile.dumps(RotationMap(source_id="a", target_id="b").fit(X, Y)))
+    with pytest.raises(MapNotFound):
+        translator.translate(X[:1], "a", "b", "rotation")
+    assert translator.reload() is True and translator.reload() is False
+    assert translator.translate(X[:1], "a", "b", "rotation")[1].kind == "rotation"
+
+
+def test_only_library_errors_are_invalid_argument():
+    assert status_for(EmbeddingError("x")) is grpc.StatusCode.INVALID_ARGUMENT
+    assert status_for(MapNotFound("x")) is grpc.StatusCode.NOT_FOUND
+    assert status_for(ValueError("a bug")) is grpc.StatusCode.INTERNAL
+    assert status_for(KeyError("a bug")) is grpc.StatusCode.INTERNAL
+
+
+class BrokenStore(SQLiteMapStore):
+    def list(self, all_versions: bool = False):
+        raise ValueError("a bug in a store")
+
+
+def test_interceptor_maps_errors_and_counts_streams(tmp_path):
+    store = BrokenStore(tmp_path / "maps.sqlite")
+    store.publish(linear_file())
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[ServiceInterceptor()])
+    pb_grpc.add_MapperServiceServicer_to_server(MapperServicer(Translator(store)), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    failed = metrics.REQUESTS.labels("TranslateStream", "NOT_FOUND")
+    before = failed._value.get()
+    try:
+        with MapperClient(f"127.0.0.1:{port}") as client:
+            with pytest.raises(grpc.RpcError) as err:
+                client.list_mappings()
+            assert err.value.code() is grpc.StatusCode.INTERNAL and err.value.details() == "internal error"
+            batches = [X[:2].astype(np.float32)] * 2
+            assert len(list(client.translate_stream(batches, "a", "b"))) == 2
+            with pytest.raises(grpc.RpcError) as err:
+                list(client.translate_stream(batches, "a", "zzz"))
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND
+            assert err.value.details().startswith("stream message 1:")
+    finally:
+        server.stop(None)
+    assert failed._value.get() == before + 1
