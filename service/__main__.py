@@ -15,7 +15,11 @@ HELP = {
     "port": "gRPC port, 0 = any free port",
     "store": "SQLite map store file (created if new)",
     "metrics_port": "Prometheus /metrics HTTP port, -1 = off",
-    "admin_token": "token required by PutMapping/DeleteMapping/RollbackMapping (Bearer)",
+    "admin_token": "token required by PutMapping/DeleteMapping/RollbackMapping (Bearer); visible in ps: "
+    "prefer MAPPER_ADMIN_TOKEN or --admin-token-file",
+    "admin_token_file": "file holding the admin token (takes precedence over --admin-token)",
+    "open_admin": "allow admin calls from ANYONE when no token or mTLS is set (loopback tests only; "
+    "without a token, mTLS or this flag admin calls are refused)",
     "tls_cert": "PEM server certificate (enables TLS)",
     "tls_key": "PEM server private key",
     "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",
@@ -25,6 +29,7 @@ HELP = {
     "reload_interval": "seconds between checks of the store for new map versions",
     "blas_threads": "BLAS threads per call (default %(default)s); calls run in parallel",
     "grace": "seconds in-flight calls get to finish on SIGTERM",
+    "drain": "seconds between SIGTERM (health NOT_SERVING) and closing the port",
     "triton_url": "Triton gRPC address (host:port) serving the face models; enables Embed",
     "weights_dir": "folder of model folders, for dlib's landmark model (default: zoo's models/)",
     "triton_timeout": "seconds each Triton call may take before Embed answers UNAVAILABLE",
@@ -40,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set by an environment variable MAPPER_<FLAG> (e.g. MAPPER_PORT).",
     )
     for f in dataclasses.fields(ServiceConfig):
+        env = f"MAPPER_{f.name.upper()}"
+        if f.type == "bool":
+            on = os.environ.get(env, "").lower() in ("1", "true", "yes")
+            ap.add_argument(
+                f"--{f.name.replace('_', '-')}", action="store_true", default=on, help=HELP[f.name]
+            )
+            continue
         # argparse converts a string default with `type`, so MAPPER_<FLAG> is checked like the flag.
         kind: Callable[[str], Any] = {"int": int, "float": float}.get(str(f.type), str)
-        env = f"MAPPER_{f.name.upper()}"
         ap.add_argument(
             f"--{f.name.replace('_', '-')}",
             type=kind,

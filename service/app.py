@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from mapper.triton.embedding import face_embedder
 
 from . import metrics
 from .gen import mapper_pb2_grpc as pb_grpc
-from .interceptors import SERVICE_NAME, ServiceInterceptor
+from .interceptors import SERVICE_NAME, AdminPolicy, ServiceInterceptor
 from .servicer import MapperServicer
 
 log = logging.getLogger("mapper.service")
@@ -41,15 +42,18 @@ class ServiceConfig:
     store: str = "maps.sqlite"
     metrics_port: int = 9100
     admin_token: str | None = None
+    admin_token_file: str | None = None
+    open_admin: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
     max_batch: int = 65536
-    max_message_mb: int = 256
+    max_message_mb: int = 64
     workers: int = 16
     reload_interval: float = 2.0
     blas_threads: int = 1
     grace: float = 10.0
+    drain: float = 2.0
     triton_url: str | None = None
     weights_dir: str | None = None
     triton_timeout: float = 30.0
@@ -80,6 +84,28 @@ def _credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def admin_policy(cfg: ServiceConfig) -> AdminPolicy:
+    """From the token file, else the token (flag or MAPPER_ADMIN_TOKEN), mutual TLS, or the
+    explicit --open-admin; warns loudly when admin calls are open to anyone."""
+    token = Path(cfg.admin_token_file).read_text().strip() if cfg.admin_token_file else cfg.admin_token
+    policy = AdminPolicy(token=token or None, mtls=bool(cfg.tls_client_ca), open=cfg.open_admin)
+    if policy.open and not (policy.token or policy.mtls):
+        log.warning(
+            json.dumps(
+                {
+                    "event": "admin_open",
+                    "message": "WARNING: --open-admin: ANYONE who reaches this port can publish, roll back "
+                    "and delete maps. Use it only on loopback for tests.",
+                }
+            )
+        )
+    elif not (policy.token or policy.mtls):
+        log.info(
+            json.dumps({"event": "admin_disabled", "message": "no admin token or mTLS: admin calls refused"})
+        )
+    return policy
+
+
 def serve(cfg: ServiceConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for ``cfg.grace`` seconds."""
     handler = logging.StreamHandler(sys.stderr)
@@ -104,8 +130,14 @@ def serve(cfg: ServiceConfig) -> None:
         limit = cfg.max_message_mb * 2**20
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.workers),
-            interceptors=[ServiceInterceptor(cfg.admin_token)],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            interceptors=[ServiceInterceptor(admin_policy(cfg))],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # grpcio sets SO_REUSEPORT by default: a second server on the same port would
+                # start and silently take half the connections. Fail instead.
+                ("grpc.so_reuseport", 0),
+            ],
         )
         pb_grpc.add_MapperServiceServicer_to_server(MapperServicer(translator, embedder=embedder), server)
         health_servicer = health.HealthServicer()
@@ -120,7 +152,12 @@ def serve(cfg: ServiceConfig) -> None:
         )
         address = f"{cfg.host}:{cfg.port}"
         creds = _credentials(cfg)
-        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise SystemExit(
+                f"mapper-serve: cannot listen on {address} (is another server using it?): {e}"
+            ) from e
         if cfg.metrics_port >= 0:
             prom.start_http_server(cfg.metrics_port, addr=cfg.host)
         server.start()
@@ -151,5 +188,8 @@ def serve(cfg: ServiceConfig) -> None:
         signal.signal(signal.SIGINT, on_signal)
         while not stop.wait(cfg.reload_interval):
             translator.reload()
+        # NOT_SERVING first, with the port still open, so load balancers see it and move
+        # new calls elsewhere; then stop accepting and give in-flight calls their grace.
+        time.sleep(cfg.drain)
         server.stop(cfg.grace).wait()
         log.info(json.dumps({"event": "stopped"}))

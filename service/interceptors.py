@@ -7,9 +7,11 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from mapper.errors import InvalidInput, LimitExceeded, NotFound, Unavailable
 
@@ -21,8 +23,41 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MapperService"].full_name
 ADMIN_METHODS = frozenset({"PutMapping", "DeleteMapping", "RollbackMapping"})
 
 
+#: The longest error message a client gets: messages may quote request fields.
+MAX_DETAILS = 512
+
+
 class Unauthenticated(Exception):
     """An admin call without the right token (UNAUTHENTICATED)."""
+
+
+class AdminDisabled(Exception):
+    """An admin call to a server with no admin credentials configured (PERMISSION_DENIED)."""
+
+
+@dataclass(frozen=True)
+class AdminPolicy:
+    """Who may call PutMapping, DeleteMapping and RollbackMapping.
+
+    ``token``: callers send ``authorization: Bearer <token>``. ``mtls``: every caller already
+    showed a client certificate the server verified. ``open``: anyone (an explicit choice,
+    for a loopback-only test server). With none of them admin calls are refused.
+    """
+
+    token: str | None = None
+    mtls: bool = False
+    open: bool = False
+
+    def check(self, context: grpc.ServicerContext) -> None:
+        if self.token:
+            given = dict(context.invocation_metadata()).get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                raise Unauthenticated("admin call needs metadata 'authorization: Bearer <admin token>'")
+        elif not (self.mtls or self.open):
+            raise AdminDisabled(
+                "admin calls are disabled on this server: start it with an admin token "
+                "(--admin-token-file or MAPPER_ADMIN_TOKEN) or mutual TLS (--tls-client-ca)"
+            )
 
 
 #: Only the library's own error types (and the service's) have a status; anything else is
@@ -31,6 +66,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (AdminDisabled, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
 )
@@ -44,8 +80,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     """Wraps each MapperService handler once (cached by method): admin token check,
     error -> status, request count and latency. Health and reflection pass through."""
 
-    def __init__(self, admin_token: str | None = None) -> None:
-        self.admin_token = admin_token
+    def __init__(self, admin: AdminPolicy | None = None) -> None:
+        self.admin = admin or AdminPolicy()
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(
@@ -59,16 +95,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         service, _, name = method.lstrip("/").rpartition("/")
         if handler is None or service != SERVICE_NAME:
             return handler
+        # Requests arrive as bytes and are parsed here, so a malformed message is the
+        # client's error (INVALID_ARGUMENT, counted) rather than grpc's INTERNAL and traceback.
+        parse = _parser(name, handler.request_deserializer)
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
-                self._unary(name, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self._unary(name, handler.unary_unary, parse), response_serializer=handler.response_serializer
             )
         elif handler.stream_stream is not None:
             wrapped = grpc.stream_stream_rpc_method_handler(
-                self._stream(name, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
+                self._stream(name, handler.stream_stream, parse),
                 response_serializer=handler.response_serializer,
             )
         else:
@@ -76,31 +112,30 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._wrapped[method] = wrapped
         return wrapped
 
-    def check_admin(self, context: grpc.ServicerContext) -> None:
-        if not self.admin_token:
-            return
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
-            raise Unauthenticated("admin call needs metadata 'authorization: Bearer <admin token>'")
-
     def _fail(self, name: str, exc: Exception, context: grpc.ServicerContext, prefix: str = "") -> None:
         code = status_for(exc)
         metrics.REQUESTS.labels(name, code.name).inc()
         if code is grpc.StatusCode.INTERNAL:
             log.exception("internal error in %s", name)
             context.abort(code, "internal error")
-        context.abort(code, f"{prefix}{exc}")
+        details = f"{prefix}{exc}"
+        if len(details) > MAX_DETAILS:
+            details = f"{details[: MAX_DETAILS - 40]}... ({len(details)} characters)"
+        context.abort(code, details)
 
-    def _unary(self, name: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _unary(
+        self, name: str, behaviour: Callable[..., Any], parse: Callable[[bytes], Any]
+    ) -> Callable[..., Any]:
         admin = name in ADMIN_METHODS
         # Children bound once: a labels() lookup per call costs more than the count itself.
         ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
 
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
+        def call(raw: bytes, context: grpc.ServicerContext) -> Any:
             t0 = time.perf_counter()
             try:
+                request = parse(raw)
                 if admin:
-                    self.check_admin(context)
+                    self.admin.check(context)
                 reply = behaviour(request, context)
                 ok.inc()
                 return reply
@@ -111,14 +146,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
         return call
 
-    def _stream(self, name: str, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def _stream(
+        self, name: str, behaviour: Callable[..., Iterator[Any]], parse: Callable[[bytes], Any]
+    ) -> Callable[..., Iterator[Any]]:
         ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
 
-        def call(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        def call(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
             t0 = time.perf_counter()
             count = 0
             try:
-                for count, reply in enumerate(behaviour(requests, context), 1):  # noqa: B007
+                parsed = (parse(raw) for raw in requests)
+                for count, reply in enumerate(behaviour(parsed, context), 1):  # noqa: B007
                     yield reply
                 ok.inc()
             except Exception as exc:
@@ -127,3 +165,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 latency.observe(time.perf_counter() - t0)
 
         return call
+
+
+def _parser(name: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw) if deserialize else raw
+        except DecodeError as e:
+            raise InvalidInput(f"{name}: the request is not a valid protobuf message ({e})") from e
+
+    return parse

@@ -13,7 +13,7 @@ LATENCY = prom.Histogram(
     "mapper_request_seconds",
     "RPC latency",
     ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 TRANSLATED = prom.Counter("mapper_embeddings_translated_total", "Embeddings translated", ["source", "target"])
 MAP_VERSION = prom.Gauge("mapper_map_version", "Active version of each served map", ["map_id"])

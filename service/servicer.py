@@ -15,6 +15,9 @@ from . import convert, metrics
 from .gen import mapper_pb2 as pb
 from .gen import mapper_pb2_grpc as pb_grpc
 
+#: The longest model name or map id a request may carry.
+MAX_NAME = 256
+
 
 class MapperServicer(pb_grpc.MapperServiceServicer):
     """Adapts each RPC to the translator (and, for Embed, a face embedder)."""
@@ -27,6 +30,12 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         self.translator.check_rows(msg.rows, name)  # before the bytes are looked at
         return convert.to_array(msg, name)
 
+    @staticmethod
+    def _name(value: str, field: str) -> str:
+        if len(value) > MAX_NAME:
+            raise InvalidInput(f"{field} is {len(value)} characters long; names have at most {MAX_NAME}")
+        return value
+
     def _kind(self, value: int) -> str:
         kind = convert.KIND_NAMES.get(value)
         if kind is None:
@@ -36,7 +45,11 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     def _translate(self, request: pb.TranslateRequest) -> pb.TranslateResponse:
         kind = self._kind(request.kind)
         x = self._array(request.embeddings, "embeddings")
-        y, ref = self.translator.translate(x, request.source_model, request.target_model, kind)
+        source, target = (
+            self._name(request.source_model, "source_model"),
+            self._name(request.target_model, "target_model"),
+        )
+        y, ref = self.translator.translate(x, source, target, kind)
         metrics.translated(request.source_model, request.target_model).inc(x.shape[0])
         return pb.TranslateResponse(
             embeddings=convert.from_array(y), map=convert.ref_to_pb(ref), request_id=request.request_id
@@ -55,6 +68,9 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
 
     def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext) -> pb.CompareResponse:
         kind = self._kind(request.kind)
+        if not 0 <= request.far < 1:  # also false for NaN
+            raise InvalidInput(f"far must be in [0, 1) (0: scores only), got {request.far}")
+        self._name(request.model_a, "model_a"), self._name(request.model_b, "model_b")
         result = self.translator.compare(
             self._array(request.a, "a"),
             self._array(request.b, "b"),
@@ -99,7 +115,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     def GetMapping(
         self, request: pb.GetMappingRequest, context: grpc.ServicerContext
     ) -> pb.GetMappingResponse:
-        m = self.translator.get(request.map_id, request.version or None)
+        m = self.translator.get(self._name(request.map_id, "map_id"), request.version or None)
         return pb.GetMappingResponse(
             info=convert.info_to_pb(m), map_file=(m.data or b"") if request.include_file else b""
         )
@@ -112,10 +128,12 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     def DeleteMapping(
         self, request: pb.DeleteMappingRequest, context: grpc.ServicerContext
     ) -> pb.DeleteMappingResponse:
-        return pb.DeleteMappingResponse(versions_deleted=self.translator.delete(request.map_id))
+        return pb.DeleteMappingResponse(
+            versions_deleted=self.translator.delete(self._name(request.map_id, "map_id"))
+        )
 
     def RollbackMapping(
         self, request: pb.RollbackMappingRequest, context: grpc.ServicerContext
     ) -> pb.RollbackMappingResponse:
-        stored = self.translator.rollback(request.map_id, request.version)
+        stored = self.translator.rollback(self._name(request.map_id, "map_id"), request.version)
         return pb.RollbackMappingResponse(info=convert.info_to_pb(stored))

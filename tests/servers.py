@@ -13,4 +13,7 @@ __all__ = ["ROOT", "ServiceProcess", "free_port", "start_server"]
 
 
 def start_server(workdir: Path, store: Path, *args: str, timeout: float = 30) -> ServiceProcess:
-    return start_service(store, "--reload-interval", "0.2", *args, workdir=workdir, timeout=timeout)
+    # No drain delay unless a test asks for one: each stop would wait for it.
+    return start_service(
+        store, "--reload-interval", "0.2", "--drain", "0", *args, workdir=workdir, timeout=timeout
+    )

@@ -317,19 +317,20 @@ def _write(path, data):
 
 
 def test_concurrent_publishes_lose_nothing(tmp_path, fitted):
-    store = SQLiteMapStore(tmp_path / "maps.sqlite")
-    data = mapfile.dumps(fitted["rotation"])
+    store = SQLiteMapStore(tmp_path / "maps.sqlite", keep_versions=100)
+    # 40 different files (identical bytes would be one version): one per publish.
+    blobs = [[mapfile.dumps(fitted["rotation"], {"thread": t, "n": n}) for n in range(5)] for t in range(8)]
     versions: list[int] = []
     errors: list[BaseException] = []
 
-    def publish() -> None:
+    def publish(t: int) -> None:
         try:
-            for _ in range(5):
+            for data in blobs[t]:
                 versions.append(store.publish(data).ref.version)
         except BaseException as e:  # surfaced below
             errors.append(e)
 
-    threads = [threading.Thread(target=publish) for _ in range(8)]
+    threads = [threading.Thread(target=publish, args=(t,)) for t in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -344,13 +345,17 @@ def test_kill_during_publish_leaves_a_readable_store(tmp_path, fitted):
     store_path = tmp_path / "maps.sqlite"
     store = SQLiteMapStore(store_path)
     store.publish(fitted["linear_file"])
-    big = RotationMap(source_id=SFACE, target_id=DLIB)
+    big = RotationMap(source_id="big-a", target_id="big-b")
     rng = np.random.default_rng(0)
     big.fit(rng.standard_normal((3000, 1024)), rng.standard_normal((3000, 1024)))  # 8 MiB per version
     blob = _write(tmp_path / "big.safetensors", mapfile.dumps(big))
+    # Each publish a new file (identical bytes would not make a new version).
     script = (
-        "import sys; from mapper.serving.sqlite import SQLiteMapStore; s = SQLiteMapStore(sys.argv[1]); d = "
-        "open(sys.argv[2], 'rb').read(); print('go', flush=True)\nwhile True: s.publish(d)"
+        "import sys, itertools\nfrom mapper.core import mapfile\n"
+        "from mapper.serving.sqlite import SQLiteMapStore\n"
+        "s = SQLiteMapStore(sys.argv[1], keep_versions=1000)\n"
+        "m = mapfile.loads(open(sys.argv[2], 'rb').read())\n"
+        "print('go', flush=True)\nfor i in itertools.count(): s.publish(mapfile.dumps(m, {'n': i}))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(store_path), str(blob)], cwd=ROOT, stdout=subprocess.PIPE
@@ -365,7 +370,7 @@ def test_kill_during_publish_leaves_a_readable_store(tmp_path, fitted):
     stored = store.list(all_versions=True)
     rotations = [m for m in stored if m.ref.kind == "rotation"]
     assert rotations, "the publisher should have committed at least one version"
-    active = store.get(f"{SFACE}->{DLIB}:rotation")
+    active = store.get("big-a->big-b:rotation")
     assert active.ref.version == max(m.ref.version for m in rotations)
     assert mapfile.loads(active.data).n_features_in_ == 1024  # every committed version is whole
     assert store.get(f"{SFACE}->{DLIB}:linear").ref.version == 1

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import time
 from pathlib import Path
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "maps.sqlite").unlink(missing_ok=True)
-    token = secrets.token_hex(16)
+    # The admin token reaches the service and mapper-train through the environment, never a
+    # command line (visible in ps) or the report.
+    os.environ["MAPPER_ADMIN_TOKEN"] = secrets.token_hex(16)
     t0 = time.perf_counter()
     print("starting Triton with the face zoo's models ...", flush=True)
     with TritonServer(models=[*(m.name for m in BUILTIN), DETECTOR.name]) as triton:
@@ -92,8 +95,6 @@ def main(argv: list[str] | None = None) -> None:
             out / "maps.sqlite",
             "--metrics-port",
             "-1",
-            "--admin-token",
-            token,
             "--triton-url",
             triton.url,
             "--log-level",
@@ -108,8 +109,6 @@ def main(argv: list[str] | None = None) -> None:
                 triton.url,
                 "--publish",
                 address,
-                "--admin-token",
-                token,
                 "--out",
                 str(out / "report"),
             ]

@@ -29,6 +29,8 @@ from mapper.core.maps import EmbeddingMap
 from mapper.errors import MapFileError
 
 FORMAT = "face-mapper/1"
+#: The largest embedding dimension a map file may declare.
+MAX_DIM = 65536
 MapObject = EmbeddingMap | CanonicalSpace
 
 
@@ -124,17 +126,75 @@ def loads(data: bytes, source: str = "<bytes>") -> MapObject:
     expected = meta.pop("checksum", None)
     if expected is None or _checksum(meta, tensors) != expected:
         raise MapFileError(f"{source}: checksum mismatch: the file is corrupt or was modified")
-    maps = [_build_map(entry, tensors, source) for entry in meta["maps"]]
-    if meta["object"] == "map":
-        return maps[0]
-    hub_meta = meta["hub"]
-    hub = CanonicalSpace(**hub_meta["params"])
-    hub.models_ = list(hub_meta["models"])
-    hub.dim_ = int(hub_meta["dim"])
-    hub.fit_info_ = hub_meta["fit_info"]
-    hub.n_iter_ = hub.fit_info_.get("n_iter")
-    hub.legs_ = {m: (maps[2 * i], maps[2 * i + 1]) for i, m in enumerate(hub.models_)}
-    return hub
+    _check_schema(meta, source)
+    for name, t in tensors.items():
+        if t.dtype.kind != "f" or not np.isfinite(t).all():
+            raise MapFileError(f"{source}: tensor {name!r} is not finite floating point")
+    try:  # the schema holds; what is left is values a constructor refuses
+        maps = [_build_map(entry, tensors, source) for entry in meta["maps"]]
+        if meta["object"] == "map":
+            return maps[0]
+        hub_meta = meta["hub"]
+        hub = CanonicalSpace(**hub_meta["params"])
+        hub.models_ = list(hub_meta["models"])
+        hub.dim_ = int(hub_meta["dim"])
+        hub.fit_info_ = hub_meta["fit_info"]
+        hub.n_iter_ = hub.fit_info_.get("n_iter")
+        hub.legs_ = {m: (maps[2 * i], maps[2 * i + 1]) for i, m in enumerate(hub.models_)}
+        return hub
+    except MapFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise MapFileError(f"{source}: invalid map metadata ({type(e).__name__}: {e})") from e
+
+
+#: Required fields of each map entry and their JSON types.
+_ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "prefix": str,
+    "tensors": list,
+    "params": dict,
+    "source_id": (str, type(None)),
+    "target_id": (str, type(None)),
+    "d_source": int,
+    "d_target": int,
+    "fit_info": dict,
+}
+
+
+def _check_schema(meta: dict[str, Any], source: str) -> None:
+    """The metadata's structure, field by field, naming the first fault."""
+
+    def fail(what: str) -> None:
+        raise MapFileError(f"{source}: invalid map metadata: {what}")
+
+    if meta.get("object") not in ("map", "hub"):
+        fail(f"'object' must be 'map' or 'hub', got {meta.get('object')!r}")
+    maps = meta.get("maps")
+    if not isinstance(maps, list) or not maps or not all(isinstance(e, dict) for e in maps):
+        fail("'maps' must be a non-empty list of map entries")
+    for k, entry in enumerate(maps):
+        for name, kind in _ENTRY_FIELDS.items():
+            if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+                fail(f"maps[{k}].{name} is missing or not {getattr(kind, '__name__', kind)}")
+        if not 0 < entry["d_source"] <= MAX_DIM or not 0 < entry["d_target"] <= MAX_DIM:
+            fail(f"maps[{k}] dimensions must be 1..{MAX_DIM}, got {entry['d_source']}, {entry['d_target']}")
+    if meta["object"] == "map" and len(maps) != 1:
+        fail(f"a map file holds one map, this one lists {len(maps)}")
+    if meta["object"] == "hub":
+        hub = meta.get("hub")
+        if not isinstance(hub, dict) or not isinstance(hub.get("models"), list):
+            fail("'hub' must hold the list of its models")
+        if len(maps) != 2 * len(hub["models"]):
+            fail(f"a hub of {len(hub['models'])} models needs {2 * len(hub['models'])} legs, has {len(maps)}")
+
+
+def model_dims(meta: dict[str, Any]) -> dict[str, int]:
+    """{face model: embedding dimension} that a map file's metadata declares."""
+    if meta["object"] == "hub":
+        return {m: meta["maps"][2 * i]["d_source"] for i, m in enumerate(meta["hub"]["models"])}
+    entry = meta["maps"][0]
+    return {entry["source_id"]: entry["d_source"], entry["target_id"]: entry["d_target"]}
 
 
 def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> EmbeddingMap:
@@ -154,6 +214,7 @@ def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: st
             params[key] = tuple(value)
     m = cls(**params)
     m._load_state(own, entry["fit_info"])
+    m.transform(np.zeros((1, m.n_features_in_), np.float32))  # every tensor fits the others
     return m
 
 

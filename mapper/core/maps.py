@@ -29,6 +29,7 @@ from mapper.core.validation import (
     check_pairs,
     inverse_norms,
     l2_normalize,
+    rescale_huge_rows,
 )
 from mapper.errors import InvalidInput
 
@@ -177,7 +178,10 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         norms = np.einsum("ij,ij->i", x, x)
         if not math.isfinite(norms.sum()):
             check_finite(x, "X")  # raises with the row numbers
-            raise EmbeddingError("X has values too large to normalise; rescale the input")
+            if not self.normalize_input:
+                raise EmbeddingError("X has values too large for this map; rescale the input")
+            x = x.copy()  # the caller's rows, scaled down: only their direction is used
+            norms = rescale_huge_rows(x, norms)
         np.matmul(x, W, out=out)
         if not self.normalize_input:
             out += bias

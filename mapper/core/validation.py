@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mapper.errors import EmbeddingError, FitError
@@ -64,8 +66,21 @@ def check_pairs(x: object, y: object, *, min_pairs: int = 2) -> tuple[np.ndarray
 def l2_normalize(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
     """Rows of (n, d) ``x`` divided by max(norm, MIN_NORM): unit rows, zero rows stay zero."""
     out = x.copy() if copy else x
-    out *= inverse_norms(np.einsum("ij,ij->i", x, x))[:, None]  # n divisions, then multiplies
+    squared = np.einsum("ij,ij->i", x, x)
+    if not math.isfinite(squared.sum()):  # float32 squares overflow above about 1.8e19
+        squared = rescale_huge_rows(out, squared)
+    out *= inverse_norms(squared)[:, None]  # n divisions, then multiplies
     return out
+
+
+def rescale_huge_rows(x: np.ndarray, squared: np.ndarray) -> np.ndarray:
+    """Divide, in place, the finite rows of (n, d) ``x`` whose squared norm overflowed by
+    their largest magnitude (their direction is all that normalising keeps), and return the
+    (n,) squared norms recomputed for them. NaN/Inf rows are left as they are."""
+    big = ~np.isfinite(squared) & np.isfinite(x).all(axis=1)
+    x[big] /= np.abs(x[big]).max(axis=1, keepdims=True)
+    squared[big] = np.einsum("ij,ij->i", x[big], x[big])
+    return squared
 
 
 def inverse_norms(squared: np.ndarray) -> np.ndarray:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mapper.core import mapfile
-from mapper.errors import MapNotFound
+from mapper.errors import InvalidInput, MapNotFound
 from mapper.serving.catalog import MapRef, map_id_of
-from mapper.serving.store import StoredMap, describe
+from mapper.serving.store import StoredMap, check_dims, describe
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS maps (
@@ -44,8 +46,9 @@ class SQLiteMapStore:
 
     COLUMNS = "map_id, version, sha256, kind, source, target, d_source, d_target, created, metadata"
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0, keep_versions: int = 10) -> None:
         self.path = Path(path)
+        self.keep_versions = keep_versions
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = busy_timeout_s
         with self._connect() as db:
@@ -71,16 +74,42 @@ class SQLiteMapStore:
             data,
         )
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: writers queue, readers go on); rolled
+        back on any error, so a failed call changes nothing."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
     def publish(self, data: bytes) -> StoredMap:
-        """Verify a map file's bytes and store them as the next, active, version."""
+        """Verify a map file's bytes and store them as the next, active, version.
+
+        Publishing the bytes of the active version again changes nothing and returns it.
+        Beyond ``keep_versions`` versions of a map, the oldest inactive ones are removed.
+        """
         obj = mapfile.loads(data, "published map")  # raises MapFileError on a bad file
         meta = mapfile.read_metadata(data)
         map_id = map_id_of(obj)
         kind, source, target, d_s, d_t = describe(obj)
         sha = hashlib.sha256(data).hexdigest()
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
+            active = db.execute(
+                "SELECT m.map_id, m.version, m.sha256, m.metadata FROM active a "
+                "JOIN maps m ON m.map_id = a.map_id AND m.version = a.version"
+            ).fetchall()
+            same = [r for r in active if r[0] == map_id and r[2] == sha]
+            if same:
+                return self.get(map_id, same[0][1])
+            check_dims(map_id, mapfile.model_dims(meta), ((r[0], json.loads(r[3])) for r in active))
             (version,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM maps WHERE map_id = ?", (map_id,)
             ).fetchone()
@@ -89,13 +118,10 @@ class SQLiteMapStore:
                 f"INSERT INTO maps ({self.COLUMNS}, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)", (*row, data)
             )
             db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (map_id, version))
+            db.execute(
+                "DELETE FROM maps WHERE map_id = ? AND version <= ?", (map_id, version - self.keep_versions)
+            )
             db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK") if db.in_transaction else None
-            raise
-        finally:
-            db.close()
         return self._row(row, True)
 
     def _select(self, where: str, args: tuple[Any, ...], with_data: bool) -> list[StoredMap]:
@@ -125,36 +151,32 @@ class SQLiteMapStore:
             found = self._select("WHERE m.map_id = ? AND a.version IS NOT NULL", (map_id,), with_data=True)
         if not found:
             known = sorted({m.ref.map_id for m in self.list(all_versions=True)})
-            what = f"version {version} of {map_id!r}" if version else f"an active {map_id!r}"
+            what = f"version {version} of {map_id!r}" if version else f"active version of {map_id!r}"
             raise MapNotFound(f"no {what}; stored maps: {known}")
         return found[0]
 
     def rollback(self, map_id: str, version: int) -> StoredMap:
         """Serve an earlier (or any stored) version of ``map_id`` again."""
-        self.get(map_id, version)  # raises MapNotFound
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        if version < 1:
+            raise InvalidInput(f"version must be 1 or more, got {version}")
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT 1 FROM maps WHERE map_id = ? AND version = ?", (map_id, version)
+            ).fetchone()
+            if not found:
+                raise MapNotFound(f"no version {version} of {map_id!r}")
             db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (map_id, version))
             db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-            db.execute("COMMIT")
-        finally:
-            db.close()
         return self.get(map_id, version)
 
     def delete(self, map_id: str) -> int:
         """Remove every version of ``map_id``; returns how many were removed."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             n = db.execute("DELETE FROM maps WHERE map_id = ?", (map_id,)).rowcount
+            if n == 0:
+                raise MapNotFound(f"no stored map {map_id!r}")  # rolls back: nothing changed
             db.execute("DELETE FROM active WHERE map_id = ?", (map_id,))
             db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-            db.execute("COMMIT")
-        finally:
-            db.close()
-        if n == 0:
-            raise MapNotFound(f"no stored map {map_id!r}")
         return n
 
     def generation(self) -> int:

@@ -6,12 +6,14 @@ Backends: :class:`mapper.serving.sqlite.SQLiteMapStore` (the default, one file).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from mapper.core import mapfile
 from mapper.core.hub import CanonicalSpace
+from mapper.errors import InvalidInput
 from mapper.serving.catalog import MapRef
 
 
@@ -52,6 +54,20 @@ def describe(obj: mapfile.MapObject) -> tuple[str, str, str, int, int]:
         dims = [leg[0].n_features_in_ for leg in obj.legs_.values()]
         return "hub", ",".join(obj.models_), obj.name, max(dims), obj.dim_
     return obj.kind, obj.source_id or "", obj.target_id or "", obj.n_features_in_, obj.n_features_out_
+
+
+def check_dims(map_id: str, dims: dict[str, int], active: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """:class:`InvalidInput` if a new map declares a model's dimension unlike an active map
+    of another id does (e.g. SFace as 64-d beside maps that take it as 128-d)."""
+    for other_id, meta in active:
+        if other_id == map_id:
+            continue  # the version being replaced
+        for model, d in mapfile.model_dims(meta).items():
+            if model in dims and dims[model] != d:
+                raise InvalidInput(
+                    f"{map_id} declares {model!r} as {dims[model]}-d, but the active map {other_id} "
+                    f"takes it as {d}-d; delete that map first if the model really changed"
+                )
 
 
 def open_store(location: str | Path) -> MapStore:
