@@ -1,7 +1,9 @@
 # The translation service (mapper-serve). It applies maps with numpy and needs no GPU;
 # on a GPU host it runs beside Triton (see deploy/docker-compose.yml).
 #   docker build -t face-mapper .
-#   docker run -p 50051:50051 -p 9100:9100 -v maps:/data face-mapper
+#   docker run -p 50051:50051 -p 9100:9100 -v maps:/data \
+#     -v /srv/admin.token:/run/secrets/admin_token:ro -e MAPPER_ADMIN_TOKEN_FILE=/run/secrets/admin_token face-mapper
+# Safe by default: with no admin token file (or mutual TLS) the service refuses admin calls.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -43,12 +43,10 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         return kind
 
     def _translate(self, request: pb.TranslateRequest) -> pb.TranslateResponse:
+        source = self._name(request.source_model, "source_model")
+        target = self._name(request.target_model, "target_model")
         kind = self._kind(request.kind)
         x = self._array(request.embeddings, "embeddings")
-        source, target = (
-            self._name(request.source_model, "source_model"),
-            self._name(request.target_model, "target_model"),
-        )
         y, ref = self.translator.translate(x, source, target, kind)
         metrics.translated(request.source_model, request.target_model).inc(x.shape[0])
         return pb.TranslateResponse(
@@ -67,15 +65,15 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             yield self._translate(request)
 
     def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext) -> pb.CompareResponse:
+        model_a, model_b = self._name(request.model_a, "model_a"), self._name(request.model_b, "model_b")
         kind = self._kind(request.kind)
         if not 0 <= request.far < 1:  # also false for NaN
             raise InvalidInput(f"far must be in [0, 1) (0: scores only), got {request.far}")
-        self._name(request.model_a, "model_a"), self._name(request.model_b, "model_b")
         result = self.translator.compare(
             self._array(request.a, "a"),
             self._array(request.b, "b"),
-            request.model_a,
-            request.model_b,
+            model_a,
+            model_b,
             kind=kind,
             far=request.far,
         )
