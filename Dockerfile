@@ -19,7 +19,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mapper ./mapper
 COPY service ./service
-RUN pip install --no-cache-dir . \
+# This project itself, from the build context (its dependencies are pinned in pyproject.toml).
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[postgres]" \
     && useradd --create-home --uid 10001 mapper \
     && mkdir /data && chown mapper /data
 

@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_triton.py
 	$(BIN)/python benchmarks/bench_migrate.py
 	$(BIN)/python benchmarks/bench_imports.py
+	$(BIN)/python benchmarks/bench_replicas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out .cache

@@ -13,7 +13,8 @@ from .app import ServiceConfig, serve
 HELP = {
     "host": "address to bind (default %(default)s)",
     "port": "gRPC port, 0 = any free port",
-    "store": "SQLite map store file (created if new)",
+    "store": "map store: a SQLite file (created if new) or postgresql://user@host/db (the postgres extra)",
+    "keep_versions": "versions kept per map; older inactive ones are removed on publish",
     "metrics_port": "Prometheus /metrics HTTP port, -1 = off",
     "admin_token": "token required by PutMapping/DeleteMapping/RollbackMapping (Bearer); visible in ps: "
     "prefer MAPPER_ADMIN_TOKEN or --admin-token-file",

@@ -31,6 +31,9 @@ from .interceptors import SERVICE_NAME, AdminPolicy, ServiceInterceptor
 from .servicer import MapperServicer
 
 log = logging.getLogger("mapper.service")
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+#: Health entry of the map store: NOT_SERVING while it cannot be read (maps served are the last good).
+STORE_HEALTH = "facemapper.v1.MapStore"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     store: str = "maps.sqlite"
+    keep_versions: int = 10
     metrics_port: int = 9100
     admin_token: str | None = None
     admin_token_file: str | None = None
@@ -113,12 +117,21 @@ def serve(cfg: ServiceConfig) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler], force=True)
     threadpool_limits(cfg.blas_threads, user_api="blas")
 
+    health_servicer = health.HealthServicer()
+
+    def on_store_state(ok: bool) -> None:
+        # The service keeps SERVING the last good maps; the store's own entry tells operators.
+        metrics.STORE_UP.set(int(ok))
+        health_servicer.set(STORE_HEALTH, SERVING if ok else NOT_SERVING)
+
     translator = Translator(
-        open_store(cfg.store),
+        open_store(cfg.store, keep_versions=cfg.keep_versions),
         max_batch=cfg.max_batch,
         on_reload=metrics.record_catalog,
         on_store_error=metrics.STORE_ERRORS.inc,
+        on_store_state=on_store_state,
     )
+    translator.store.watch(translator.reload)
     with ExitStack() as stack:
         embedder = None
         if cfg.triton_url:
@@ -140,7 +153,6 @@ def serve(cfg: ServiceConfig) -> None:
             ],
         )
         pb_grpc.add_MapperServiceServicer_to_server(MapperServicer(translator, embedder=embedder), server)
-        health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (
@@ -162,7 +174,7 @@ def serve(cfg: ServiceConfig) -> None:
             prom.start_http_server(cfg.metrics_port, addr=cfg.host)
         server.start()
         for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            health_servicer.set(name, SERVING)
         if cfg.port_file:
             Path(cfg.port_file).write_text(str(port))
         log.info(

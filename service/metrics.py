@@ -19,6 +19,10 @@ TRANSLATED = prom.Counter("mapper_embeddings_translated_total", "Embeddings tran
 MAP_VERSION = prom.Gauge("mapper_map_version", "Active version of each served map", ["map_id"])
 MAPS_LOADED = prom.Gauge("mapper_maps_loaded", "Maps and hubs held in memory")
 STORE_ERRORS = prom.Counter("mapper_store_errors_total", "Failed store reads or writes")
+STORE_UP = prom.Gauge(
+    "mapper_store_up", "1 if the last read of the map store worked, else 0 (maps served may be older)"
+)
+GENERATION = prom.Gauge("mapper_store_generation", "Store generation whose maps are being served")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -28,8 +32,9 @@ def translated(source: str, target: str) -> prom.Counter:
     return TRANSLATED.labels(source, target)
 
 
-def record_catalog(catalog: Catalog) -> None:
+def record_catalog(catalog: Catalog, generation: int) -> None:
     """Export what a reload put in memory."""
+    GENERATION.set(generation)
     MAP_VERSION.clear()
     for ref in catalog.refs():
         MAP_VERSION.labels(ref.map_id).set(ref.version)

@@ -42,3 +42,16 @@ def triton(face_zoo: Path):
     root = Path(__file__).resolve().parents[1]
     with TritonServer(root / "model_repository", weights_dir=face_zoo / "models") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (see tests/postgres.py)."""
+    from .postgres import PostgresServer, available
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries not found (Debian: apt-get install postgresql)")
+        pytest.skip("PostgreSQL binaries not found (Debian: apt-get install postgresql)")
+    with PostgresServer() as server:
+        yield server

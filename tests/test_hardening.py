@@ -282,29 +282,6 @@ def test_sigterm_shows_not_serving_before_the_port_closes(tmp_path, store):
     assert srv.proc.wait(30) == 0
 
 
-def test_republishing_identical_bytes_and_pruning(tmp_path):
-    store = SQLiteMapStore(tmp_path / "maps.sqlite", keep_versions=3)
-    blob = linear()
-    assert store.publish(blob).ref.version == 1
-    generation = store.generation()
-    assert store.publish(blob).ref.version == 1 and store.generation() == generation
-    for n in range(5):
-        store.publish(linear(n=n))
-    versions = [m.ref.version for m in store.list(all_versions=True)]
-    assert versions == [4, 5, 6]
-    with pytest.raises(LookupError, match="no active version of 'zzz'"):
-        store.get("zzz")
-
-
-def test_a_failed_delete_changes_no_generation(tmp_path):
-    store = SQLiteMapStore(tmp_path / "maps.sqlite")
-    store.publish(linear())
-    generation = store.generation()
-    with pytest.raises(LookupError):
-        store.delete("nothing-here")
-    assert store.generation() == generation
-
-
 def test_latency_buckets_resolve_sub_millisecond_calls(server):
     with server.client() as c:
         c.translate(X[:1].astype(np.float32), "a", "b")

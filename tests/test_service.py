@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import warnings
@@ -314,31 +313,6 @@ def test_persistence_restart_and_live_pickup(tmp_path, fitted, lfw):
 def _write(path, data):
     path.write_bytes(data)
     return path
-
-
-def test_concurrent_publishes_lose_nothing(tmp_path, fitted):
-    store = SQLiteMapStore(tmp_path / "maps.sqlite", keep_versions=100)
-    # 40 different files (identical bytes would be one version): one per publish.
-    blobs = [[mapfile.dumps(fitted["rotation"], {"thread": t, "n": n}) for n in range(5)] for t in range(8)]
-    versions: list[int] = []
-    errors: list[BaseException] = []
-
-    def publish(t: int) -> None:
-        try:
-            for data in blobs[t]:
-                versions.append(store.publish(data).ref.version)
-        except BaseException as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=publish, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert sorted(versions) == list(range(1, 41))
-    assert len(store.list(all_versions=True)) == 40
-    assert store.get(f"{SFACE}->{DLIB}:rotation").ref.version == 40
 
 
 def test_kill_during_publish_leaves_a_readable_store(tmp_path, fitted):

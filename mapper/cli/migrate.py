@@ -249,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--map", help="a map file (.safetensors) written by mapper")
     src.add_argument("--map-id", help="a map in the service's store, e.g. 'sface->dlib:linear'")
-    ap.add_argument("--store", default="maps.sqlite", help="store file for --map-id (default maps.sqlite)")
+    ap.add_argument(
+        "--store",
+        default="maps.sqlite",
+        help="map store for --map-id: SQLite file or postgresql://... (default maps.sqlite)",
+    )
     ap.add_argument("--version", type=int, default=None, help="map version (default: the active one)")
     ap.add_argument("--id-column", default="id")
     ap.add_argument("--embedding-column", default="embedding")

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--admin-token", help=f"the token itself (visible in ps: prefer the file or ${TOKEN_ENV})"
     )
-    ap.add_argument("--store", help="write the maps into this SQLite store file instead")
+    ap.add_argument("--store", help="write the maps into this store: a SQLite file or postgresql://...")
     ap.add_argument(
         "--no-fewshot", dest="fewshot", action="store_false", default=None, help="skip the few-shot curve"
     )

@@ -1,12 +1,13 @@
 """What a versioned map store is: the records it keeps and the operations a server needs.
 
-Backends: :class:`mapper.serving.sqlite.SQLiteMapStore` (the default, one file).
-:func:`open_store` picks one from a location string.
+Backends (``sqlstore.py`` holds their shared SQL): :class:`mapper.serving.sqlite.SQLiteMapStore`
+(the default, one file) and :class:`mapper.serving.postgres.PostgresMapStore` (several
+replicas). :func:`open_store` picks one from a location string.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +47,7 @@ class MapStore(Protocol):
     def rollback(self, map_id: str, version: int) -> StoredMap: ...
     def delete(self, map_id: str) -> int: ...
     def generation(self) -> int: ...
+    def watch(self, on_change: Callable[[], None]) -> None: ...  # may do nothing: servers poll too
 
 
 def describe(obj: mapfile.MapObject) -> tuple[str, str, str, int, int]:
@@ -70,8 +72,13 @@ def check_dims(map_id: str, dims: dict[str, int], active: Iterable[tuple[str, di
                 )
 
 
-def open_store(location: str | Path) -> MapStore:
-    """The store at ``location``: a SQLite file path (created if new)."""
+def open_store(location: str | Path, *, keep_versions: int = 10) -> MapStore:
+    """The store at ``location``: ``postgresql://...`` (needs the ``postgres`` extra), else a
+    SQLite file path (created if new)."""
+    if str(location).startswith(("postgresql://", "postgres://")):
+        from mapper.serving.postgres import PostgresMapStore
+
+        return PostgresMapStore(str(location), keep_versions=keep_versions)
     from mapper.serving.sqlite import SQLiteMapStore
 
-    return SQLiteMapStore(location)
+    return SQLiteMapStore(location, keep_versions=keep_versions)

@@ -18,7 +18,7 @@ import numpy as np
 from mapper.core import mapfile
 from mapper.core.calibration import Calibration
 from mapper.core.validation import check_embeddings, l2_normalize
-from mapper.errors import EmbeddingError, LimitExceeded, MapFileError, MapNotFound
+from mapper.errors import EmbeddingError, LimitExceeded, MapFileError, MapNotFound, Unavailable
 from mapper.serving.catalog import Catalog, MapRef
 from mapper.serving.store import MapStore, StoredMap
 
@@ -39,9 +39,9 @@ class Comparison:
 class Translator:
     """Translate and compare embeddings across models with the maps of ``store``.
 
-    ``max_batch`` bounds the rows of one request. ``on_reload(catalog)`` and
-    ``on_store_error()`` let a server export what happened (metrics) without this module
-    knowing how.
+    ``max_batch`` bounds the rows of one request. ``on_reload(catalog, generation)``,
+    ``on_store_error()`` and ``on_store_state(ok)`` let a server export what happened
+    (metrics, health) without this module knowing how.
     """
 
     def __init__(
@@ -49,13 +49,17 @@ class Translator:
         store: MapStore,
         *,
         max_batch: int = 65536,
-        on_reload: Callable[[Catalog], None] | None = None,
+        on_reload: Callable[[Catalog, int], None] | None = None,
         on_store_error: Callable[[], None] | None = None,
+        on_store_state: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._on_reload = on_reload or (lambda catalog: None)
+        self._on_reload = on_reload or (lambda catalog, generation: None)
         self._on_store_error = on_store_error or (lambda: None)
+        self._on_store_state = on_store_state or (lambda ok: None)
+        #: Whether the last read of the store worked (the maps served may be older if not).
+        self.store_ok = False
         # One reference, so a reader always sees a catalog with its own calibrations.
         self._served: tuple[Catalog, dict[str, Calibration]] = (Catalog(), {})
         self._generation = -1
@@ -83,10 +87,15 @@ class Translator:
                 if generation == self._generation and not force:
                     return False
                 stored = self.store.active()
-            except Exception:
+            except Exception as e:
+                self._set_store_ok(False)
                 self._on_store_error()
-                log.exception("store read failed; still serving %d maps", len(self.catalog))
+                if isinstance(e, Unavailable):  # expected during an outage: no traceback
+                    log.warning("store unavailable (%s); still serving %d maps", e, len(self.catalog))
+                else:
+                    log.exception("store read failed; still serving %d maps", len(self.catalog))
                 return False
+            self._set_store_ok(True)
             entries, calibrations = [], {}
             for m in stored:
                 try:
@@ -98,9 +107,13 @@ class Translator:
                 calibrations[m.ref.map_id] = Calibration.from_metadata(m.metadata)
             self._served = (Catalog(entries), calibrations)
             self._generation = generation
-            self._on_reload(self.catalog)
+            self._on_reload(self.catalog, generation)
             log.info("maps loaded: generation %d, %d maps", generation, len(entries))
             return True
+
+    def _set_store_ok(self, ok: bool) -> None:
+        self.store_ok = ok
+        self._on_store_state(ok)
 
     # -- requests ----------------------------------------------------------------------------
     def check_rows(self, rows: int, name: str) -> None:
