@@ -23,7 +23,7 @@ import numpy as np
 from mapper.cli import train
 from mapper.core.validation import l2_normalize
 from mapper.datasets.face_zoo import face_zoo_dir, identity_of
-from mapper.faces.registry import BUILTIN, DETECTOR
+from mapper.faces.registry import DEFAULT_MODELS, DETECTOR
 from mapper.triton.server import TritonServer
 from service.launcher import start_service
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["MAPPER_ADMIN_TOKEN"] = secrets.token_hex(16)
     t0 = time.perf_counter()
     print("starting Triton with the face zoo's models ...", flush=True)
-    with TritonServer(models=[*(m.name for m in BUILTIN), DETECTOR.name]) as triton:
+    with TritonServer(models=[*DEFAULT_MODELS, DETECTOR.name]) as triton:
         service = start_service(
             out / "maps.sqlite",
             "--metrics-port",

@@ -43,8 +43,8 @@ from mapper.eval.protocols import (
 from mapper.eval.report import fewshot_plot, write_report
 from mapper.eval.studies import fewshot, security_table, template_security
 from mapper.eval.thresholds import calibrate
+from mapper.faces import registry
 from mapper.faces.cache import EmbeddingCache, embed_images
-from mapper.faces.registry import BUILTIN
 from mapper.triton.embedding import face_embedder
 
 Log = Callable[[str], None]
@@ -58,7 +58,7 @@ class TrainConfig:
 
     images: int = 1500
     full: bool = False
-    models: list[str] = field(default_factory=lambda: [m.name for m in BUILTIN])
+    models: list[str] = field(default_factory=lambda: list(registry.DEFAULT_MODELS))
     embeddings: str | None = None
     backend: str = "triton"
     triton_url: str | None = None
@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help="TOML file of settings (e.g. images = 3000, kinds = ['linear'])")
     ap.add_argument("--images", type=int, help="LFW images used, whole identities, seeded (default 1500)")
     ap.add_argument("--full", action="store_true", default=None, help="all 7,701 LFW images")
-    ap.add_argument("--models", nargs="+", help="face models (default: the four of the face zoo)")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        help="face models (default: the face zoo's first four; 'all': every registered model)",
+    )
     ap.add_argument(
         "--embeddings",
         help="precomputed embeddings .npz (names + one array per model): no Triton; images are chosen "
@@ -173,6 +177,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
         if unknown:
             raise SystemExit(f"{args.config}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
     settings.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    if settings.get("models") == ["all"]:
+        settings["models"] = list(registry.load())
     return TrainConfig(**settings)
 
 

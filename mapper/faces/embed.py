@@ -95,7 +95,7 @@ class FaceEmbedder:
                     self._dlib_aligner = preprocess.DlibAligner.for_model(model, self.weights_dir)
                 out.append(self._dlib_aligner(img, det))
             else:
-                out.append(preprocess.align(img, det[4:14], model))
+                out.append(preprocess.align(img, det, model))
         return out
 
     def detect(self, images: Sequence[bytes]) -> np.ndarray:

@@ -78,31 +78,48 @@ class DlibAligner:
         return np.asarray(self._dlib.get_face_chip(rgb, shape, size=150, padding=0.25))
 
 
-def align(bgr: np.ndarray, landmarks: np.ndarray, model: FaceModel) -> np.ndarray:
-    """Warp a face onto ``model``'s reference points: (size, size, 3) BGR uint8 chip.
+def align(bgr: np.ndarray, detection: np.ndarray, model: FaceModel) -> np.ndarray:
+    """The face of a (15,) YuNet detection as ``model`` takes it: (size, size, 3) BGR uint8.
 
-    A similarity transform (rotation, uniform scale, translation) fitted robustly (LMEDS)
-    from the 5 landmarks, as the face zoo's embeddings were made.
+    Landmark alignments warp the 5 landmarks onto the model's reference points with a
+    similarity transform (rotation, uniform scale, translation) fitted robustly (LMEDS), as
+    the face zoo's embeddings were made. ``box`` takes a square of ``crop_scale`` times the
+    detection box's longer side around its centre (models trained on loose crops).
     """
-    src = np.asarray(landmarks, np.float32).reshape(5, 2)
+    size = model.input_size
+    if model.alignment == "box":
+        x, y, w, h = (float(v) for v in detection[:4])
+        side = model.crop_scale * max(w, h)
+        cx, cy, s = x + w / 2, y + h / 2, size / side
+        matrix = np.float32([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]])
+        return cv2.warpAffine(
+            bgr, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+        )
+    src = np.asarray(detection[4:14], np.float32).reshape(5, 2)
     matrix, _ = cv2.estimateAffinePartial2D(src, model.reference_points, method=cv2.LMEDS)
     if matrix is None:
         raise InvalidInput("landmarks are degenerate: no similarity transform fits them")
-    return cv2.warpAffine(bgr, matrix, (model.input_size, model.input_size), flags=cv2.INTER_LINEAR)
+    return cv2.warpAffine(bgr, matrix, (size, size), flags=cv2.INTER_LINEAR)
 
 
 def to_input(chips: list[np.ndarray], model: FaceModel) -> np.ndarray:
-    """Aligned chips -> the network's input batch.
+    """Aligned chips -> the network's input batch: (n, *model.input_shape).
 
-    dlib: (n, 150, 150, 3) uint8 RGB. Others: (n, 3, s, s) float32 in ``model.channels``
-    order, ``(pixel - mean) / std``.
+    dlib: uint8 RGB. Others: float32 in ``model.channels`` order and ``model.layout``,
+    ``(pixel - mean) / std``, or per image ``(x - mean(x)) / max(std(x), 1/sqrt(x.size))``.
     """
     batch = np.stack(chips)
     if model.runtime == "dlib":
         return np.ascontiguousarray(batch)  # DlibAligner already returns RGB
     if model.channels == "RGB":
         batch = batch[..., ::-1]
-    x = batch.astype(np.float32).transpose(0, 3, 1, 2)
-    if model.mean or model.std != 1:
+    x = batch.astype(np.float32)
+    if model.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    if model.standardize == "per-image":
+        axes = tuple(range(1, x.ndim))
+        std = np.maximum(x.std(axis=axes, keepdims=True), 1 / np.sqrt(x[0].size))
+        x = (x - x.mean(axis=axes, keepdims=True)) / std
+    elif model.mean or model.std != 1:
         x = (x - model.mean) / model.std
     return np.ascontiguousarray(x, dtype=np.float32)

