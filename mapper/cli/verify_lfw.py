@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         f"\nLFW View 2, 6,000 pairs, {len(names)} images; {args.backend} path vs face-zoo in-process vectors"
     )
     print(
-        f"| model | accuracy ({args.backend}) | AUC ({args.backend}) | accuracy (zoo) | AUC (zoo) | no face | time |"
+        f"| model | accuracy ({args.backend}) | AUC ({args.backend}) | accuracy (zoo) | AUC (zoo) "
+        "| no face | time |"
     )
     print("|---|---|---|---|---|---|---|")
     for model, acc, std, auc, racc, rstd, rauc, nfail, seconds in rows:
