@@ -223,3 +223,18 @@ def test_ijbc_layout_evaluation(tmp_path, face_zoo, lfw_embeddings):
         str(tmp_path / "local"),
     )
     assert local["auc"]["linear"][0][1] > 0.9  # through the 5-point path, no detection
+
+
+def test_a_new_vendor_joins_the_hub(tmp_path, face_zoo):
+    models = ["sface-2021dec-int8bq", "mobilefacenet-arcface", "face-reid-retail-0095"]
+    results = run_train(
+        "--embeddings", str(face_zoo / "embeddings" / "lfw-embeddings.npz"), "--images", "400",
+        "--models", *models, "--kinds", "hub", "--joining", "last",
+        "--no-fewshot", "--no-security", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    study = results["vendor_joins"]
+    assert study["newcomer"] == models[-1] and len(study["pairs"]) == 6
+    for row in study["pairs"].values():
+        for label in ("joined", "refit"):
+            assert 0.3 < row[label]["0.01"] <= 1.0  # both hubs translate, far above chance
+    assert "joins a hub of the other models" in (tmp_path / "out" / "report.md").read_text()

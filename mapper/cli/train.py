@@ -41,7 +41,7 @@ from mapper.eval.protocols import (
     write_ijbc,
 )
 from mapper.eval.report import fewshot_plot, write_report
-from mapper.eval.studies import fewshot, security_table, template_security
+from mapper.eval.studies import fewshot, security_table, template_security, vendor_joins, vendor_table
 from mapper.eval.thresholds import calibrate
 from mapper.faces import registry
 from mapper.faces.cache import EmbeddingCache, embed_images
@@ -75,6 +75,7 @@ class TrainConfig:
     store: str | None = None
     fewshot: bool = True
     security: bool = True
+    joining: str | None = None  # a model (or "last") that joins a hub of the others
     progress: bool = True
     ijbc: str | None = None
     ijbc_images: str | None = None
@@ -158,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--no-security", dest="security", action="store_false", default=None, help="skip leak test"
+    )
+    ap.add_argument(
+        "--joining",
+        metavar="MODEL",
+        help="study a new vendor: MODEL (or 'last') joins a hub of the other models with one fit, "
+        "compared with refitting the whole hub",
     )
     ap.add_argument(
         "--no-progress", dest="progress", action="store_false", default=None, help="no progress bars"
@@ -319,6 +326,20 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             )
         )
         extra["fewshot"] = curve
+    if cfg.joining and len(cfg.models) >= 3:
+        newcomer = cfg.models[-1] if cfg.joining == "last" else cfg.joining
+        if newcomer not in cfg.models:
+            raise SystemExit(f"--joining {newcomer}: not among --models {cfg.models}")
+        study = vendor_joins(
+            data.part(data.fit),
+            data.ids[data.fit],
+            ev.embeddings,
+            ev.protocol,
+            newcomer,
+            convention=cfg.convention,
+        )
+        sections.append(("A new vendor joins the hub", vendor_table(study)))
+        extra["vendor_joins"] = study
     if cfg.security and "linear" in cfg.kinds and not cfg.ijbc:
         sec = template_security(ev.embeddings, data.ids[~data.fit], maps)
         sections.append(("Template security: a leaked template, translated", security_table(sec)))

@@ -116,3 +116,66 @@ def security_table(sec: dict[str, Any]) -> str:
             f"{w['tar_far1e-3']:.3f} | {m['tar_far1e-3']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def vendor_joins(
+    emb_fit: dict[str, np.ndarray],
+    ids_fit: np.ndarray,
+    emb_eval: dict[str, np.ndarray],
+    protocol: VerificationProtocol,
+    newcomer: str,
+    *,
+    fars: tuple[float, ...] = (1e-2, 1e-3),
+    convention: str = "strict",
+) -> dict[str, Any]:
+    """A new vendor's model joins a hub of the others with one fit of its own legs (every
+    existing leg unchanged), against refitting the whole hub on all models.
+
+    TAR of every ordered pair between the newcomer and each other model, both ways, for the
+    two hubs, on the evaluation protocol; and the pairs among the others (unchanged by
+    joining, changed by a refit).
+    """
+    from mapper.core.hub import CanonicalSpace
+
+    others = [m for m in emb_fit if m != newcomer]
+    joined = CanonicalSpace(name="joined").fit({m: emb_fit[m] for m in others}, groups=ids_fit)
+    joined.add_model(newcomer, emb_fit[newcomer], references={m: emb_fit[m] for m in others}, groups=ids_fit)
+    refit = CanonicalSpace(name="refit").fit(emb_fit, groups=ids_fit)
+    pairs = [(a, b) for a in emb_fit for b in emb_fit if a != b]
+    out: dict[str, Any] = {"newcomer": newcomer, "fars": list(fars), "pairs": {}}
+    for label, hub in (("joined", joined), ("refit", refit)):
+        maps = {(a, b, "hub"): hub.mapping(a, b) for a, b in pairs}
+        res = cross_model_eval(
+            emb_eval, protocol, maps, kinds=("hub",), fars=fars, convention=convention, progress=False
+        )
+        models = res.models
+        for a, b in pairs:
+            row = out["pairs"].setdefault(f"{a} -> {b}", {})
+            row[label] = {f"{f:g}": float(res.tar["hub"][f][models.index(a), models.index(b)]) for f in fars}
+    return out
+
+
+def vendor_table(study: dict[str, Any]) -> str:
+    """Markdown: the newcomer's pairs, joined vs refit, and the mean over the other pairs."""
+    new, fars = study["newcomer"], [f"{f:g}" for f in study["fars"]]
+    head = " | ".join(f"joined @{f} | refit @{f}" for f in fars)
+    lines = [
+        f"**{short(new)}** joins a hub of the other models with one fit of its own legs (every other leg "
+        "unchanged), against refitting the whole hub on all of them. TAR (strict):",
+        "",
+        f"| pair | {head} |",
+        "|---|" + "---|" * (2 * len(fars)),
+    ]
+    rest = {label: {f: [] for f in fars} for label in ("joined", "refit")}
+    for pair, row in study["pairs"].items():
+        a, b = pair.split(" -> ")
+        if new in (a, b):
+            cells = " | ".join(f"{row['joined'][f]:.4f} | {row['refit'][f]:.4f}" for f in fars)
+            lines.append(f"| {short(a)} -> {short(b)} | {cells} |")
+        else:
+            for label in rest:
+                for f in fars:
+                    rest[label][f].append(row[label][f])
+    cells = " | ".join(f"{np.mean(rest['joined'][f]):.4f} | {np.mean(rest['refit'][f]):.4f}" for f in fars)
+    lines.append(f"| mean of the other {len(rest['joined'][fars[0]])} pairs | {cells} |")
+    return "\n".join(lines)
