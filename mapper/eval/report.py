@@ -32,27 +32,41 @@ def short(name: str) -> str:
 def heatmaps(
     models: list[str], matrices: dict[str, np.ndarray], path: Path, *, label: str, title: str, vmin: float = 0
 ) -> None:
-    """One annotated K x K heat map per kind, side by side (row A mapped into column B)."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 1, 3.8), squeeze=False)
+    """One annotated K x K heat map per kind (row A mapped into column B); panels grow with
+    K and wrap two to a row beyond six models, so ten models stay legible."""
+    k = len(models)
+    cell = max(0.36, 0.55 if k > 6 else 0.36)
+    side = max(3.6, cell * k + 1)
+    cols = len(matrices) if k <= 6 else min(2, len(matrices))
+    rows = -(-len(matrices) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, (side + 0.4) * rows), squeeze=False)
     labels = [short(m) for m in models]
     middle = (vmin + 1) / 2
-    for n, (ax, (kind, m)) in enumerate(zip(axes[0], matrices.items(), strict=True)):
+    for n, (ax, (kind, m)) in enumerate(zip(axes.flat, matrices.items(), strict=False)):
         im = ax.imshow(m, vmin=vmin, vmax=1, cmap="viridis")
         ax.set_title(kind)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels if n == 0 else [], fontsize=8)
+        ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), labels if n % cols == 0 else [], fontsize=8)
         ax.set_xlabel("B (native side)")
+        if n % cols == 0:
+            ax.set_ylabel("A (mapped into B)")
         for (r, c), v in np.ndenumerate(m):
             color = "white" if v < middle else "black"
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color=color)
-    axes[0][0].set_ylabel("A (mapped into B)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8 if k <= 6 else 7, color=color)
+    for ax in list(axes.flat)[len(matrices) :]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
     fig.suptitle(title)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def roc_grid(res: CrossModelResults, path: Path) -> None:
+    """ROC curves: every ordered pair in a K x K grid up to five models; beyond, one panel
+    per target model B (native B, and per kind the median over sources A with its range)."""
+    if len(res.models) > 5:
+        roc_by_target(res, path)
+        return
     k = len(res.models)
     fig, axes = plt.subplots(k, k, figsize=(3.2 * k, 2.8 * k), sharex=True, sharey=True, squeeze=False)
     for a, A in enumerate(res.models):
@@ -72,6 +86,42 @@ def roc_grid(res: CrossModelResults, path: Path) -> None:
                 ax.set_ylabel("TAR")
     handles, labels = axes[0][1 if k > 1 else 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def roc_by_target(res: CrossModelResults, path: Path) -> None:
+    k = len(res.models)
+    cols = 5
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, B in zip(axes.flat, res.models, strict=False):
+        ax.plot(CURVE_FARS, res.curves[B, B, "native"], "k-", lw=1.5, label="native (B vs B)")
+        for n, kind in enumerate(res.kinds):
+            curves = np.array([res.curves[A, B, kind] for A in res.models if A != B])
+            color = colors[n % len(colors)]
+            ax.plot(
+                CURVE_FARS, np.median(curves, axis=0), lw=1.2, color=color, label=f"{kind} (median over A)"
+            )
+            ax.fill_between(CURVE_FARS, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.01)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"into {short(B)}", fontsize=9)
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("FAR")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("TAR")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.99), ncol=len(labels), frameon=False
+    )
+    fig.suptitle("Each panel: templates of every other model A mapped into B; band = range over A", y=1.08)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
