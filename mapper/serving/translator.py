@@ -58,8 +58,6 @@ class Translator:
         self._on_reload = on_reload or (lambda catalog, generation: None)
         self._on_store_error = on_store_error or (lambda: None)
         self._on_store_state = on_store_state or (lambda ok: None)
-        #: Whether the last read of the store worked (the maps served may be older if not).
-        self.store_ok = False
         # One reference, so a reader always sees a catalog with its own calibrations.
         self._served: tuple[Catalog, dict[str, Calibration]] = (Catalog(), {})
         self._generation = -1
@@ -70,11 +68,6 @@ class Translator:
     @property
     def catalog(self) -> Catalog:
         return self._served[0]
-
-    @property
-    def generation(self) -> int:
-        """The store generation being served (-1 before the first successful read)."""
-        return self._generation
 
     def reload(self, force: bool = False) -> bool:
         """Load the store's active maps if its generation moved; True if reloaded.
@@ -88,14 +81,14 @@ class Translator:
                     return False
                 stored = self.store.active()
             except Exception as e:
-                self._set_store_ok(False)
+                self._on_store_state(False)
                 self._on_store_error()
                 if isinstance(e, Unavailable):  # expected during an outage: no traceback
                     log.warning("store unavailable (%s); still serving %d maps", e, len(self.catalog))
                 else:
                     log.exception("store read failed; still serving %d maps", len(self.catalog))
                 return False
-            self._set_store_ok(True)
+            self._on_store_state(True)
             entries, calibrations = [], {}
             for m in stored:
                 try:
@@ -110,10 +103,6 @@ class Translator:
             self._on_reload(self.catalog, generation)
             log.info("maps loaded: generation %d, %d maps", generation, len(entries))
             return True
-
-    def _set_store_ok(self, ok: bool) -> None:
-        self.store_ok = ok
-        self._on_store_state(ok)
 
     # -- requests ----------------------------------------------------------------------------
     def check_rows(self, rows: int, name: str) -> None:
