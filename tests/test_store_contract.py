@@ -142,3 +142,24 @@ def test_checksum_is_verified_on_read(backend):
     translator = Translator(store, on_store_error=lambda: errors.append(1))
     assert [r.map_id for r in translator.catalog.refs()] == ["a->b:linear"]  # the tampered one skipped
     assert errors == [1]
+
+
+def test_train_and_migrate_use_postgresql(tmp_path, postgres, face_zoo):
+    """mapper-train --store and mapper-migrate --store take a postgresql:// URL."""
+    import argparse
+
+    from mapper.cli import migrate, train
+    from mapper.serving.store import open_store
+
+    url = postgres.new_database()
+    models = ["sface-2021dec-int8bq", "mobilefacenet-arcface"]
+    assert train.main([
+        "--embeddings", str(face_zoo / "embeddings" / "lfw-embeddings.npz"), "--images", "200",
+        "--models", *models, "--kinds", "linear", "--no-fewshot", "--no-security", "--no-progress",
+        "--out", str(tmp_path / "out"), "--store", url,
+    ]) == 0  # fmt: skip
+    stored = sorted(m.ref.map_id for m in open_store(url).list())
+    assert stored == sorted(f"{a}->{b}:linear" for a in models for b in models if a != b)
+    args = argparse.Namespace(map=None, store=url, map_id=stored[0], version=None)
+    data, meta = migrate.load_map(args)
+    assert mapfile.loads(data).kind == "linear" and meta["mapper.map_version"] == "1"
