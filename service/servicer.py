@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
 from mapper.errors import InvalidInput, LimitExceeded, TritonUnavailableError
 from mapper.faces.embed import FaceEmbedder
@@ -26,7 +27,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         self.translator = translator
         self.embedder = embedder
 
-    def _array(self, msg: pb.Embeddings, name: str):
+    def _array(self, msg: pb.Embeddings, name: str) -> np.ndarray:
         self.translator.check_rows(msg.rows, name)  # before the bytes are looked at
         return convert.to_array(msg, name)
 
