@@ -21,6 +21,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,10 @@ class Split:
     fit: np.ndarray  # (n,) bool
     embeddings: dict[str, np.ndarray]  # {model: (n, d)}
 
-    def part(self, mask: np.ndarray) -> dict[str, np.ndarray]:
-        return {m: e[mask] for m, e in self.embeddings.items()}
+    @cached_property
+    def fitting(self) -> dict[str, np.ndarray]:
+        """{model: the fitting images' embeddings}, sliced once for every step that fits."""
+        return {m: e[self.fit] for m, e in self.embeddings.items()}
 
 
 @dataclass
@@ -252,7 +255,7 @@ def fit(
     cfg: TrainConfig, data: Split
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
     """({(A, B, kind): map}, the hub space if fitted), fitted on the fitting people only."""
-    maps = fit_maps(data.part(data.fit), tuple(cfg.kinds), groups=data.ids[data.fit], progress=cfg.progress)
+    maps = fit_maps(data.fitting, tuple(cfg.kinds), groups=data.ids[data.fit], progress=cfg.progress)
     hub = maps.pop(("*", "*", "hub-space"), None)
     return maps, hub  # type: ignore[return-value]
 
@@ -272,7 +275,7 @@ def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> 
         )
         what = f"the IJB-C 1:1 protocol in {cfg.ijbc}"
     else:
-        emb_eval = data.part(~data.fit)
+        emb_eval = {m: e[~data.fit] for m, e in data.embeddings.items()}
         # All pairs of the evaluation images, written in the IJB-C layout and read back, so
         # LFW and IJB-C go through one code path.
         eval_names = np.array(data.names)[~data.fit]
@@ -302,9 +305,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     sections: list[tuple[str, str]] = []
     extra: dict[str, Any] = {}
     if cfg.fewshot:
-        curve = fewshot(
-            data.part(data.fit), data.ids[data.fit], ev.embeddings, ev.protocol, cfg.seed, cfg.progress
-        )
+        curve = fewshot(data.fitting, data.ids[data.fit], ev.embeddings, ev.protocol, cfg.seed, cfg.progress)
         fewshot_plot(curve, out / "fewshot.png")
         rows = "\n".join(
             f"| {i} | {p} | {lin:.4f} | {rot:.4f} |"
@@ -331,7 +332,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
         if newcomer not in cfg.models:
             raise SystemExit(f"--joining {newcomer}: not among --models {cfg.models}")
         study = vendor_joins(
-            data.part(data.fit),
+            data.fitting,
             data.ids[data.fit],
             ev.embeddings,
             ev.protocol,

@@ -35,8 +35,7 @@ def heatmaps(
     """One annotated K x K heat map per kind (row A mapped into column B); panels grow with
     K and wrap two to a row beyond six models, so ten models stay legible."""
     k = len(models)
-    cell = max(0.36, 0.55 if k > 6 else 0.36)
-    side = max(3.6, cell * k + 1)
+    side = max(3.6, (0.55 if k > 6 else 0.36) * k + 1)
     cols = len(matrices) if k <= 6 else min(2, len(matrices))
     rows = -(-len(matrices) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, (side + 0.4) * rows), squeeze=False)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mapper.core.hub import CanonicalSpace
 from mapper.core.validation import l2_normalize
 from mapper.eval.crossmodel import cross_model_eval, fit_maps
 from mapper.eval.metrics import evaluate
@@ -135,8 +136,6 @@ def vendor_joins(
     two hubs, on the evaluation protocol; and the pairs among the others (unchanged by
     joining, changed by a refit).
     """
-    from mapper.core.hub import CanonicalSpace
-
     others = [m for m in emb_fit if m != newcomer]
     joined = CanonicalSpace(name="joined").fit({m: emb_fit[m] for m in others}, groups=ids_fit)
     joined.add_model(newcomer, emb_fit[newcomer], references={m: emb_fit[m] for m in others}, groups=ids_fit)

@@ -51,7 +51,7 @@ COLUMNS = (
     "metadata",
 )
 ACTIVATE = "INSERT INTO active VALUES (?, ?) ON CONFLICT (map_id) DO UPDATE SET version = excluded.version"
-BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'generation'"
+BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
 
 Cursor = Callable[..., Any]  # execute(sql, args=()) -> a cursor with fetchone/fetchall/rowcount
 
@@ -96,8 +96,7 @@ class SQLMapStore:
         )
 
     def _bump(self, execute: Cursor) -> None:
-        execute(BUMP)
-        self._notify(execute, int(execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]))
+        self._notify(execute, int(execute(BUMP).fetchone()[0]))
 
     def publish(self, data: bytes) -> StoredMap:
         """Verify a map file's bytes and store them as the next, active, version.

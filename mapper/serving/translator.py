@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class Comparison:
     space: str
     map: MapRef | None = None  # the map that brought A into B's space (None: same model)
     threshold: float | None = None
-    same: np.ndarray | None = field(default=None)  # (n,) bool, when a FAR was given
+    same: np.ndarray | None = None  # (n,) bool, when a FAR was given
 
 
 class Translator:
