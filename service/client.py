@@ -114,6 +114,7 @@ class MapperClient:
             map=convert.ref_from_pb(reply.map) if reply.map.map_id else None,
             same=np.asarray(reply.same, bool) if far > 0 else None,
             threshold=reply.threshold if far > 0 else None,
+            scoring=reply.scoring or "cosine",
         )
 
     def list_models(self) -> dict[str, int]:

@@ -78,7 +78,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             kind=kind,
             far=request.far,
         )
-        reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist())
+        reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist(), scoring=result.scoring)
         if result.map is not None:
             reply.map.CopyFrom(convert.ref_to_pb(result.map))
             metrics.translated(request.model_a, request.model_b).inc(len(result.scores))

@@ -89,13 +89,15 @@ def test_report_and_published_maps(triton_run):
     out = tmp / "triton"
     for name in ("report.md", "roc.png", "tar_far0.01.png", "fewshot.png", "config.json"):
         assert (out / name).exists(), name
-    assert set(results["summary"]) == {"native", "none", "linear", "rotation", "hub"}
+    assert set(results["summary"]) == {"native", "none", "linear", "rotation", "hub", "tuned", "tuned:compare"}
     # 80 fitting images only: far from the full-size figures, far above chance
     assert results["summary"]["linear"]["0.01"] > 0.5 > 0.05 > results["summary"]["none"]["0.01"]
     assert len(results["security"]["pairs"]) == 6
     assert len(results["fewshot"]["pairs"]) >= 3
     stored = SQLiteMapStore(tmp / "maps.sqlite").list()
-    assert len(stored) == 6 * 2 + 1  # linear + rotation per ordered pair, and the hub
+    assert len(stored) == 6 * 3 + 1  # linear, rotation and tuned per ordered pair, and the hub
+    tuned = next(m for m in stored if m.ref.kind == "tuned")
+    assert tuned.metadata["maps"][0]["fit_info"]["selection"]["criterion"]
     linear = next(m for m in stored if m.ref.kind == "linear")
     assert "0.001" in linear.metadata["provenance"]["calibration"]
     report = (out / "report.md").read_text()

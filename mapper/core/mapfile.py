@@ -24,7 +24,7 @@ from safetensors.numpy import save as _st_save
 
 from mapper import __version__
 from mapper.core.hub import CanonicalSpace
-from mapper.core.kinds import FILE_CLASSES
+from mapper.core.kinds import FILE_CLASSES, LABELS
 from mapper.core.maps import EmbeddingMap
 from mapper.errors import MapFileError
 
@@ -50,6 +50,7 @@ def _map_entry(m: EmbeddingMap, prefix: str, tensors: dict[str, np.ndarray]) -> 
         names.append(name)
     return {
         "kind": m.kind,
+        "class": type(m).kind,
         "prefix": prefix,
         "tensors": names,
         "params": m.get_params(),
@@ -198,9 +199,10 @@ def model_dims(meta: dict[str, Any]) -> dict[str, int]:
 
 
 def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> EmbeddingMap:
-    cls = FILE_CLASSES.get(entry["kind"])
-    if cls is None:
-        raise MapFileError(f"{source}: unknown map kind {entry['kind']!r}")
+    # "kind" is what the map is served as; "class" (absent in older files) what computes it.
+    cls = FILE_CLASSES.get(entry.get("class", entry["kind"]))
+    if cls is None or entry["kind"] not in (cls.kind, *LABELS):
+        raise MapFileError(f"{source}: unknown map kind {entry['kind']!r} / class {entry.get('class')!r}")
     own = {name: tensors[entry["prefix"] + name] for name in entry["tensors"]}
     weight = own["weight"]
     if weight.shape != (entry["d_source"], entry["d_target"]):
@@ -213,6 +215,7 @@ def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: st
         if isinstance(value, list):
             params[key] = tuple(value)
     m = cls(**params)
+    m.kind = entry["kind"]
     m._load_state(own, entry["fit_info"])
     m.transform(np.zeros((1, m.n_features_in_), np.float32))  # every tensor fits the others
     return m

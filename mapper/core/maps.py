@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted
 
+from mapper.core.scoring import ScoreSpace
 from mapper.core.validation import (
     MIN_NORM,
     EmbeddingError,
@@ -66,6 +67,8 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """
 
     kind: ClassVar[str] = ""
+    #: How Compare scores this map's output against the target's templates (None: cosine).
+    scoring_: ScoreSpace | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # No sklearn set_output wrapping of transform, here or in subclasses: pandas output
@@ -210,13 +213,64 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         X = X.astype(Y.dtype, copy=False)
         return l2_normalize(X, copy=False) if self.normalize_input else X
 
+    # -- scoring, and the residual scale chosen after fitting ------------------------------
+    def set_scoring(self, space: ScoreSpace) -> EmbeddingMap:
+        """Attach a fitted :class:`ScoreSpace` (recorded in ``fit_info_`` and map files)."""
+        self.scoring_ = space
+        self.fit_info_ = {**self.fit_info_, "scoring": space.info()}
+        return self
+
+    def score_matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
+        """(n, m) scores of this map's outputs (n, d_target) against native templates (m, d_target)."""
+        if self.scoring_ is None:
+            return (
+                l2_normalize(np.asarray(mapped, np.float32)) @ l2_normalize(np.asarray(native, np.float32)).T
+            )
+        return self.scoring_.matrix(mapped, native)
+
+    def score_rows(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
+        """(n,) scores of output row i against native row i, in the space the map records."""
+        if self.scoring_ is None:
+            a, b = l2_normalize(np.asarray(mapped, np.float32)), l2_normalize(np.asarray(native, np.float32))
+            return np.einsum("ij,ij->i", a, b)
+        return self.scoring_.rows(mapped, native)
+
+    def rescale_residual(self, X: Any, Y: Any) -> float:
+        """Scale the mapped residual (output minus the target mean) so that its median norm
+        on pairs (X, Y) matches the target's own; returns the factor.
+
+        A ridge or kernel map shrinks its predictions toward the mean: after adding the
+        target mean back, the mean dominates the output's direction and raw cosines between
+        mapped and native templates are too alike. Matching the residual's norm undoes that
+        in the target's raw space (what Translate returns); centred scorings do not see it.
+        """
+        X, Y = check_pairs(X, Y)
+        Xp, Yp = (l2_normalize(X), l2_normalize(Y)) if self.normalize_input else (X, Y)
+        raw = self.normalize_output
+        self.normalize_output = False
+        try:
+            residual = self.transform(Xp) - self.target_mean_
+        finally:
+            self.normalize_output = raw
+        s = float(np.median(np.linalg.norm(Yp - self.target_mean_, axis=1))) / max(
+            float(np.median(np.linalg.norm(residual, axis=1))), MIN_NORM
+        )
+        self._scale_residual(s)
+        self.fit_info_ = {**self.fit_info_, "residual_scale": s}
+        return s
+
+    def _scale_residual(self, s: float) -> None:
+        self.weight_ = self.weight_ * s
+        self._set_bias()
+
     # -- state for serialisation ---------------------------------------------------------
     def _state_tensors(self) -> dict[str, np.ndarray]:
-        return {
+        tensors = {
             "weight": self.weight_,
             "source_mean": self.source_mean_,
             "target_mean": self.target_mean_,
         }
+        return tensors | (self.scoring_.tensors() if self.scoring_ is not None else {})
 
     def _load_state(self, tensors: dict[str, np.ndarray], fit_info: dict[str, Any]) -> None:
         self.weight_ = tensors["weight"]
@@ -224,6 +278,8 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.target_mean_ = tensors["target_mean"]
         self.n_features_in_, self.n_features_out_ = self.weight_.shape
         self.fit_info_ = fit_info
+        if "scoring" in fit_info:
+            self.scoring_ = ScoreSpace.from_state(fit_info["scoring"], tensors)
         self._set_bias()
 
 
@@ -379,6 +435,11 @@ class RotationMap(EmbeddingMap):
 
     def _inverse_weight(self) -> np.ndarray:
         return self.rotation_.T / self.scale_
+
+    def _scale_residual(self, s: float) -> None:
+        self.scale_ *= s
+        self.fit_info_ = {**self.fit_info_, "scale": self.scale_}
+        super()._scale_residual(s)
 
     def _load_state(self, tensors: dict[str, np.ndarray], fit_info: dict[str, Any]) -> None:
         super()._load_state(tensors, fit_info)

@@ -106,6 +106,11 @@ class MLPMap(EmbeddingMap):
         Y += self.target_mean_.astype(X.dtype, copy=False)
         return l2_normalize(Y, copy=False) if self.normalize_output else Y
 
+    def _scale_residual(self, s: float) -> None:
+        w, b = self.layers_[-1]
+        self.layers_ = [*self.layers_[:-1], (w * s, b * s)]
+        super()._scale_residual(s)
+
     def inverse_transform(self, Y: Any) -> np.ndarray:
         raise NotImplementedError("an MLP map has no inverse; fit a map in the other direction")
 

@@ -3,8 +3,11 @@
 For models A and B and a template pair (t1, t2): t1's images are embedded by A, mapped
 image by image into B's space and pooled; t2 is pooled from B's own embeddings; the score
 is their cosine. Kinds: ``none`` (no map: chance, both truncated to the smaller dimension),
-``linear``, ``rotation``, ``hub`` (through a canonical space) and ``mlp``; the diagonal
-holds native A/A verification.
+``linear``, ``rotation``, ``hub`` (through a canonical space), ``mlp``, ``kernel`` and
+``tuned`` (chosen per pair by cross-validation on the fitting people); the diagonal holds
+native A/A verification. A kind ``K:compare`` evaluates kind K's maps scored as their map
+files record (what Compare does) instead of by a plain cosine (what a matcher does with
+Translate's output).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from tqdm import tqdm
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import DIRECT
 from mapper.core.maps import EmbeddingMap
+from mapper.core.selection import select_map
+from mapper.core.validation import FitError
 from mapper.eval.metrics import evaluate
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.templates import pair_scores, pool_templates
@@ -38,13 +43,19 @@ def fit_maps(
 ) -> dict[tuple[str, str, str], EmbeddingMap]:
     """{(A, B, kind): map A -> B} for every ordered pair; ``hub`` maps are compositions
     through one :class:`CanonicalSpace` fitted on all models (stored under key
-    ``("*", "*", "hub-space")``)."""
+    ``("*", "*", "hub-space")``); ``tuned`` maps are chosen by :func:`select_map` (needs
+    ``groups``)."""
     models = list(embeddings)
     maps: dict[tuple[str, str, str], Any] = {}
-    jobs = [(a, b, k) for k in kinds if k in DIRECT for a in models for b in models if a != b]
+    jobs = [(a, b, k) for k in kinds if k in (*DIRECT, "tuned") for a in models for b in models if a != b]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for a, b, kind in tqdm(jobs, desc="fitting maps", unit="map", disable=not progress):
+            if kind == "tuned":
+                if groups is None:
+                    raise FitError("tuned maps are chosen by identity-disjoint CV: pass groups")
+                maps[a, b, kind] = select_map(embeddings[a], embeddings[b], groups, source_id=a, target_id=b)
+                continue
             params = (mlp_params or {}) if kind == "mlp" else {}
             maps[a, b, kind] = DIRECT[kind](source_id=a, target_id=b, **params).fit(
                 embeddings[a], embeddings[b], groups=groups
@@ -111,7 +122,9 @@ def cross_model_eval(
 ) -> CrossModelResults:
     """Evaluate every ordered pair for every kind whose maps are present in ``maps``."""
     models = list(embeddings)
-    kinds = tuple(k for k in kinds if k == "none" or any(key[2] == k for key in maps))
+    kinds = tuple(
+        k for k in kinds if k == "none" or any(key[2] == k.removesuffix(":compare") for key in maps)
+    )
     res = CrossModelResults(models, list(kinds), tuple(fars), convention)
     res.n_genuine, res.n_impostor = int(protocol.labels.sum()), int((~protocol.labels).sum())
 
@@ -124,8 +137,10 @@ def cross_model_eval(
     j = np.array([pos[t] for t in protocol.pairs[:, 1]])
     native = {m: templates(embeddings[m])[1] for m in models}
 
-    def score(A: np.ndarray, B: np.ndarray) -> tuple[dict[float, float], float, np.ndarray]:
-        s = pair_scores(A, B, i, j)
+    def score(
+        A: np.ndarray, B: np.ndarray, m: EmbeddingMap | None = None
+    ) -> tuple[dict[float, float], float, np.ndarray]:
+        s = pair_scores(A, B, i, j, matrix=m.score_matrix if m is not None else None)
         v = evaluate(s, protocol.labels, fars, convention=convention, curve_fars=CURVE_FARS)
         return v.tar, v.auc, v.curve
 
@@ -144,12 +159,15 @@ def cross_model_eval(
                 res.auc[kd][a, a] = auc
             res.curves[A, A, "native"] = curve
             continue
+        m = None
         if kind == "none":
             d = min(native[A].shape[1], native[B].shape[1])
             side_a, side_b = native[A][:, :d], native[B][:, :d]
         else:
-            side_a, side_b = templates(maps[A, B, kind].transform(embeddings[A]))[1], native[B]
-        tar, auc, curve = score(side_a, side_b)
+            mapping = maps[A, B, kind.removesuffix(":compare")]
+            side_a, side_b = templates(mapping.transform(embeddings[A]))[1], native[B]
+            m = mapping if kind.endswith(":compare") else None
+        tar, auc, curve = score(side_a, side_b, m)
         for f in fars:
             res.tar[kind][f][a, b] = tar[f]
         res.auc[kind][a, b] = auc

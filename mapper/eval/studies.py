@@ -1,8 +1,12 @@
-"""Studies beside the main table: how few fitting pairs suffice (few-shot curve), and what
-a leaked template reveals once translated (template security)."""
+"""Studies beside the main table: how few fitting pairs suffice (few-shot curve), what each
+method adds at low FAR (ablation), what a leaked template reveals once translated (template
+security), and a new vendor joining a hub."""
 
 from __future__ import annotations
 
+import time
+import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +14,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mapper.core.hub import CanonicalSpace
+from mapper.core.kernel import KernelMap
+from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
+from mapper.core.selection import attach_scoring
 from mapper.core.validation import l2_normalize
 from mapper.eval.crossmodel import cross_model_eval, fit_maps
 from mapper.eval.metrics import evaluate
@@ -24,8 +31,10 @@ def fewshot(
     protocol: VerificationProtocol,
     seed: int,
     progress: bool,
+    kinds: tuple[str, ...] = ("linear", "rotation"),
 ) -> dict[str, Any]:
-    """Mean cross-model TAR@FAR=1e-2 against the number of fitting identities / pairs.
+    """Mean cross-model TAR@FAR=1e-2 against the number of fitting identities / pairs, per
+    kind in ``kinds`` (``K:compare``: kind K scored as its map records).
 
     Evaluated on every genuine pair and at most 1,000,000 impostor pairs of the protocol
     (plenty for FAR 1e-2), so the curve costs a few seconds per point at any scale.
@@ -46,27 +55,137 @@ def fewshot(
         "far": 1e-2,
         "identities": [],
         "pairs": [],
-        "tar": {"linear": [], "rotation": []},
+        "tar": {kind: [] for kind in kinds},
     }
+    fit_kinds = tuple(dict.fromkeys(k.removesuffix(":compare") for k in kinds))
     native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
     curve["native"] = float(np.nanmean(np.diag(native.tar["none"][1e-2])))
     for n_ids in tqdm(grid, desc="few-shot", disable=not progress):
         pool = unique if n_ids == unique.size else multi
         chosen = np.isin(ids_fit, rng.choice(pool, n_ids, replace=False))
         maps = fit_maps(
-            {m: e[chosen] for m, e in emb_fit.items()},
-            ("linear", "rotation"),
-            groups=ids_fit[chosen] if n_ids >= 5 else None,
-            progress=False,
+            {m: e[chosen] for m, e in emb_fit.items()}, fit_kinds, groups=ids_fit[chosen], progress=False
         )
-        res = cross_model_eval(
-            emb_eval, protocol, maps, kinds=("linear", "rotation"), fars=(1e-2,), progress=False
-        )
+        res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds, fars=(1e-2,), progress=False)
         curve["identities"].append(int(n_ids))
         curve["pairs"].append(int(chosen.sum()))
-        for kind in ("linear", "rotation"):
+        for kind in kinds:
             curve["tar"][kind].append(res.summary()[kind][1e-2])
     return curve
+
+
+def _recipe(make: Callable[[str, str], EmbeddingMap], rescale: bool, scoring: str | None) -> Callable:
+    """A map fitter for the ablation: ``make`` fitted, optionally rescaled and scored."""
+
+    def fit(a: str, b: str, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> EmbeddingMap:
+        m = make(a, b).fit(X, Y, groups=groups)
+        if rescale:
+            m.rescale_residual(X, Y)
+        return attach_scoring(m, scoring, X, Y) if scoring else m
+
+    return fit
+
+
+def _mlp(a: str, b: str) -> EmbeddingMap:
+    from mapper.core.mlp import MLPMap  # torch: only when the MLP row is asked for
+
+    return MLPMap(source_id=a, target_id=b)
+
+
+#: The ablation's methods: name -> fitter. Each adds one thing to the papers' maps; the last
+#: rows are what mapper-train ships (``tuned``).
+ABLATION: dict[str, Callable] = {
+    "linear (papers)": _recipe(lambda a, b: LinearMap(source_id=a, target_id=b), False, None),
+    "linear + residual rescale": _recipe(lambda a, b: LinearMap(source_id=a, target_id=b), True, None),
+    "linear, centred score": _recipe(lambda a, b: LinearMap(source_id=a, target_id=b), False, "centred"),
+    "linear, S-norm score": _recipe(lambda a, b: LinearMap(source_id=a, target_id=b), False, "snorm"),
+    "rotation (papers)": _recipe(lambda a, b: RotationMap(source_id=a, target_id=b), False, None),
+    "rotation + residual rescale": _recipe(lambda a, b: RotationMap(source_id=a, target_id=b), True, None),
+    "rotation, centred score": _recipe(lambda a, b: RotationMap(source_id=a, target_id=b), False, "centred"),
+    "rotation, S-norm score": _recipe(lambda a, b: RotationMap(source_id=a, target_id=b), False, "snorm"),
+    "MLP (as configured)": _recipe(_mlp, False, None),
+    "kernel d3 a3": _recipe(lambda a, b: KernelMap(source_id=a, target_id=b), False, None),
+    "kernel d3 a3 + residual rescale": _recipe(lambda a, b: KernelMap(source_id=a, target_id=b), True, None),
+    "kernel d3 a3, S-norm score": _recipe(lambda a, b: KernelMap(source_id=a, target_id=b), False, "snorm"),
+}
+
+
+def ablation(
+    emb_fit: dict[str, np.ndarray],
+    ids_fit: np.ndarray,
+    emb_eval: dict[str, np.ndarray],
+    protocol: VerificationProtocol,
+    tuned: dict[tuple[str, str, str], EmbeddingMap] | None = None,
+    *,
+    methods: dict[str, Callable] | None = None,
+    fars: tuple[float, ...] = (1e-2, 1e-3, 1e-4),
+    convention: str = "strict",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every method of ``methods`` (default :data:`ABLATION`) fitted on the fitting people for
+    every ordered pair and evaluated on the protocol; ``tuned`` maps (mapper-train's, with
+    their selection time) add two rows: their output under a plain cosine (Translate) and
+    scored as they record (Compare). Per method: mean TAR at ``fars`` over ordered pairs, the
+    worst pair's gap to its target's native TAR at each FAR, and mean fitting seconds per map.
+    """
+    methods = ABLATION if methods is None else methods
+    models = list(emb_fit)
+    pairs = [(a, b) for a in models for b in models if a != b]
+    maps: dict[tuple[str, str, str], EmbeddingMap] = {}
+    seconds: dict[str, float] = {}
+    kinds: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, fitter in tqdm(methods.items(), desc="ablation: fitting", disable=not progress):
+            t0 = time.perf_counter()
+            for a, b in pairs:
+                maps[a, b, name] = fitter(a, b, emb_fit[a], emb_fit[b], ids_fit)
+            seconds[name] = (time.perf_counter() - t0) / len(pairs)
+            scored = maps[pairs[0][0], pairs[0][1], name].scoring_ is not None
+            kinds.append(f"{name}:compare" if scored else name)
+    if tuned:
+        t = float(np.mean([tuned[a, b, "tuned"].fit_info_["selection"]["seconds"] for a, b in pairs]))
+        for a, b in pairs:
+            maps[a, b, "tuned"] = tuned[a, b, "tuned"]
+        kinds += ["tuned", "tuned:compare"]
+        seconds["tuned"] = seconds["tuned:compare"] = t
+    res = cross_model_eval(
+        emb_eval, protocol, maps, kinds=tuple(kinds), fars=fars, convention=convention, progress=progress
+    )
+    off = ~np.eye(len(models), dtype=bool)
+    native = {f: np.diag(res.tar[kinds[0]][f]) for f in fars}
+    rows: dict[str, Any] = {
+        "native (B vs B, cosine)": {"tar": {f"{f:g}": float(native[f].mean()) for f in fars}}
+    }
+    for kind in kinds:
+        gap = {f: native[f][None, :] - res.tar[kind][f] for f in fars}
+        label = {"tuned": "tuned -> Translate (plain cosine)", "tuned:compare": "tuned -> Compare"}
+        rows[label.get(kind, kind.removesuffix(":compare"))] = {
+            "tar": {f"{f:g}": float(res.tar[kind][f][off].mean()) for f in fars},
+            "worst_gap": {f"{f:g}": float(gap[f][off].max()) for f in fars},
+            "fit_seconds_per_map": seconds.get(kind.removesuffix(":compare"), seconds.get(kind)),
+        }
+    return {"fars": [f"{f:g}" for f in fars], "models": models, "rows": rows}
+
+
+def ablation_table(study: dict[str, Any]) -> str:
+    """Markdown: each method's mean TAR, worst gap to native, and fitting time."""
+    fars = study["fars"]
+    lines = [
+        "| method | "
+        + " | ".join(f"TAR@{f}" for f in fars)
+        + " | "
+        + " | ".join(f"worst gap @{f}" for f in fars)
+        + " | fit s/map |",
+        "|---|" + "---|" * (2 * len(fars) + 1),
+    ]
+    for name, row in study["rows"].items():
+        gaps = row.get("worst_gap")
+        cells = " | ".join(f"{row['tar'][f]:.4f}" for f in fars)
+        gap_cells = " | ".join(f"{gaps[f]:.4f}" if gaps else "-" for f in fars)
+        t = row.get("fit_seconds_per_map")
+        lines.append(f"| {name} | {cells} | {gap_cells} | {f'{t:.2f}' if t is not None else '-'} |")
+    return "\n".join(lines)
 
 
 def template_security(emb_eval: dict, ids: np.ndarray, maps: dict) -> dict[str, Any]:

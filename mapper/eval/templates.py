@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mapper.core.validation import check_embeddings, l2_normalize
@@ -51,9 +53,16 @@ def pool_templates(
 
 
 def pair_scores(
-    A: np.ndarray, B: np.ndarray, i: np.ndarray, j: np.ndarray, *, block: int = 2048
+    A: np.ndarray,
+    B: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    *,
+    block: int = 2048,
+    matrix: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Scores ``A[i[k]] . B[j[k]]`` for every pair k, float32, in bounded memory.
+    """Scores ``A[i[k]] . B[j[k]]`` for every pair k, float32, in bounded memory; with
+    ``matrix(A_rows, B)`` (e.g. a map's :meth:`score_matrix`) that score instead of the dot.
 
     Gathering both rows of every pair reads 2 * 4 * d bytes per pair (64 GB for IJB-C's
     15.7M pairs at d = 512). Instead, rows of A are taken ``block`` at a time, multiplied
@@ -73,6 +82,7 @@ def pair_scores(
         sel = order[bounds[b] : bounds[b + 1]]
         if sel.size == 0:
             continue
-        gram = A[b * block : (b + 1) * block] @ BT
+        rows = A[b * block : (b + 1) * block]
+        gram = rows @ BT if matrix is None else matrix(rows, B)
         out[sel] = gram[i[sel] - b * block, j[sel]]
     return out

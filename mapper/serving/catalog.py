@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from mapper.core.hub import CanonicalSpace
-from mapper.core.kinds import DIRECT, REQUESTABLE
+from mapper.core.kinds import DIRECT, LABELS, REQUESTABLE
 from mapper.core.mapfile import MapObject
 from mapper.core.maps import EmbeddingMap
 from mapper.errors import InvalidInput, MapFileError, MapNotFound
@@ -65,13 +65,13 @@ class Catalog:
         return dims
 
     def _resolve(self, source: str, target: str, kind: str = "any") -> tuple[EmbeddingMap, MapRef]:
-        """The map for source -> target of ``kind`` ("any": direct first, then a hub)."""
+        """The map for source -> target of ``kind`` ("any": tuned, then direct, then a hub)."""
         if kind not in REQUESTABLE:
             raise InvalidInput(f"kind must be one of {REQUESTABLE}, got {kind!r}")
         unknown = [m for m in (source, target) if m not in self._models]
         if unknown:
             raise MapNotFound(f"unknown model(s) {unknown}; models with maps: {sorted(self._models)}")
-        for k in DIRECT if kind == "any" else (kind,):
+        for k in (*LABELS, *DIRECT) if kind == "any" else (kind,):
             found = self._maps.get(f"{source}->{target}:{k}")
             if found:
                 ref, obj = found

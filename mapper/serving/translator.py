@@ -27,11 +27,12 @@ log = logging.getLogger("mapper.serving")
 
 @dataclass
 class Comparison:
-    """Cosine scores of row pairs in ``space`` (model B's), with the decision if asked."""
+    """Scores of row pairs in ``space`` (model B's), with the decision if asked."""
 
     scores: np.ndarray  # (n,) float32
     space: str
     map: MapRef | None = None  # the map that brought A into B's space (None: same model)
+    scoring: str = "cosine"  # how the map file says to score (see mapper.core.scoring)
     threshold: float | None = None
     same: np.ndarray | None = None  # (n,) bool, when a FAR was given
 
@@ -128,7 +129,8 @@ class Translator:
         kind: str = "any",
         far: float = 0.0,
     ) -> Comparison:
-        """Cosine of row i of ``a`` (model A) with row i of ``b`` (model B), in B's space.
+        """Score of row i of ``a`` (model A) against row i of ``b`` (model B), in B's space:
+        a cosine, or the scoring the map file records (centred, S-norm).
 
         With ``far`` > 0 the map's calibrated threshold at that FAR decides ``same``.
         """
@@ -141,16 +143,17 @@ class Translator:
             dims = catalog.models()
             if model_a not in dims:
                 raise MapNotFound(f"unknown model {model_a!r}; models with maps: {sorted(dims)}")
-            a_b = l2_normalize(check_embeddings(a, name="a", dim=dims[model_a]))
-            ref, calibration = None, Calibration()
+            a = l2_normalize(check_embeddings(a, name="a", dim=dims[model_a]))
+            b = l2_normalize(check_embeddings(b, name="b", dim=dims[model_a]))
+            result = Comparison(np.einsum("ij,ij->i", a, b), space=model_b)
+            calibration = Calibration()
         else:
             m, ref = catalog.resolve(model_a, model_b, kind)
             a_b = m.transform(a)
-            if not m.normalize_output:  # scores are cosines; most maps already give unit rows
-                l2_normalize(a_b, copy=False)
+            b = check_embeddings(b, name="b", dim=a_b.shape[1])
+            scoring = m.scoring_.kind if m.scoring_ is not None else "cosine"
+            result = Comparison(m.score_rows(a_b, b), space=model_b, map=ref, scoring=scoring)
             calibration = calibrations.get(ref.map_id, Calibration())
-        b = l2_normalize(check_embeddings(b, name="b", dim=a_b.shape[1]))
-        result = Comparison(np.einsum("ij,ij->i", a_b, b), space=model_b, map=ref)
         if far > 0:
             result.threshold = calibration.threshold(far)
             result.same = result.scores >= result.threshold

@@ -14,11 +14,15 @@ class MapKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MAP_KIND_ROTATION: _ClassVar[MapKind]
     MAP_KIND_HUB: _ClassVar[MapKind]
     MAP_KIND_MLP: _ClassVar[MapKind]
+    MAP_KIND_KERNEL: _ClassVar[MapKind]
+    MAP_KIND_TUNED: _ClassVar[MapKind]
 MAP_KIND_ANY: MapKind
 MAP_KIND_LINEAR: MapKind
 MAP_KIND_ROTATION: MapKind
 MAP_KIND_HUB: MapKind
 MAP_KIND_MLP: MapKind
+MAP_KIND_KERNEL: MapKind
+MAP_KIND_TUNED: MapKind
 
 class Embeddings(_message.Message):
     __slots__ = ("rows", "dim", "data")
@@ -83,18 +87,20 @@ class CompareRequest(_message.Message):
     def __init__(self, model_a: _Optional[str] = ..., a: _Optional[_Union[Embeddings, _Mapping]] = ..., model_b: _Optional[str] = ..., b: _Optional[_Union[Embeddings, _Mapping]] = ..., kind: _Optional[_Union[MapKind, str]] = ..., far: _Optional[float] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("scores", "space", "map", "same", "threshold")
+    __slots__ = ("scores", "space", "map", "same", "threshold", "scoring")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
     SAME_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     space: str
     map: MapRef
     same: _containers.RepeatedScalarFieldContainer[bool]
     threshold: float
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., space: _Optional[str] = ..., map: _Optional[_Union[MapRef, _Mapping]] = ..., same: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ...) -> None: ...
+    scoring: str
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., space: _Optional[str] = ..., map: _Optional[_Union[MapRef, _Mapping]] = ..., same: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ..., scoring: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "images")
