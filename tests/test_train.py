@@ -89,7 +89,15 @@ def test_report_and_published_maps(triton_run):
     out = tmp / "triton"
     for name in ("report.md", "roc.png", "tar_far0.01.png", "fewshot.png", "config.json"):
         assert (out / name).exists(), name
-    assert set(results["summary"]) == {"native", "none", "linear", "rotation", "hub", "tuned", "tuned:compare"}
+    assert set(results["summary"]) == {
+        "native",
+        "none",
+        "linear",
+        "rotation",
+        "hub",
+        "tuned",
+        "tuned:compare",
+    }
     # 80 fitting images only: far from the full-size figures, far above chance
     assert results["summary"]["linear"]["0.01"] > 0.5 > 0.05 > results["summary"]["none"]["0.01"]
     assert len(results["security"]["pairs"]) == 6

@@ -12,7 +12,7 @@ import pytest
 from mapper.core import mapfile
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import LinearMap
-from mapper.core.scoring import SCORINGS, ScoreSpace
+from mapper.core.scoring import SCORINGS
 from mapper.core.selection import attach_scoring, select_map
 from mapper.datasets.face_zoo import identity_of
 from mapper.eval.metrics import tar_at_far_strict
