@@ -248,3 +248,51 @@ def test_a_new_vendor_joins_the_hub(tmp_path, face_zoo):
         for label in ("joined", "refit"):
             assert 0.3 < row[label]["0.01"] <= 1.0  # both hubs translate, far above chance
     assert "joins a hub of the other models" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_ablation_rows_and_the_tuned_choice_in_the_report(tmp_path, face_zoo):
+    out = run_train(
+        "--embeddings",
+        str(face_zoo / "embeddings" / "lfw-embeddings.npz"),
+        "--models",
+        "dlib-resnet-v1",
+        "sface-2021dec-int8bq",
+        "--images",
+        "600",
+        "--kinds",
+        "linear",
+        "tuned",
+        "--ablation",
+        "linear",
+        "kernel/snorm",
+        "--no-security",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    rows = out["ablation"]["rows"]
+    assert list(rows) == [
+        "native (B vs B)",
+        "linear",
+        "kernel/snorm",
+        "tuned, Translate (cosine)",
+        "tuned, Compare",
+    ]
+    # The papers' row is the main table's linear row, computed again by the study.
+    assert rows["linear"]["tar"]["0.01"] == pytest.approx(out["summary"]["linear"]["0.01"], abs=1e-12)
+    assert all(r["fit_seconds_per_map"] > 0 for name, r in rows.items() if name != "native (B vs B)")
+    assert set(out["fewshot"]["tar"]) == {"linear", "tuned", "tuned:compare"}
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "Ablation: what each method adds" in report and "| tuned, Compare |" in report
+    with pytest.raises(SystemExit, match="unknown methods"):
+        run_train(
+            "--embeddings",
+            str(face_zoo / "embeddings" / "lfw-embeddings.npz"),
+            "--images",
+            "200",
+            "--ablation",
+            "nonsense",
+            "--no-fewshot",
+            "--no-security",
+            "--out",
+            str(tmp_path / "p"),
+        )

@@ -45,6 +45,7 @@ from mapper.eval.protocols import (
 )
 from mapper.eval.report import fewshot_plot, write_report
 from mapper.eval.studies import (
+    ABLATION,
     ablation,
     ablation_table,
     fewshot,
@@ -85,7 +86,7 @@ class TrainConfig:
     admin_token_file: str | None = None
     store: str | None = None
     fewshot: bool = True
-    ablation: bool = False
+    ablation: list[str] | None = None  # methods of the ablation study ([] = all)
     security: bool = True
     joining: str | None = None  # a model (or "last") that joins a hub of the others
     progress: bool = True
@@ -178,9 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--ablation",
-        action="store_true",
-        default=None,
-        help="also fit and evaluate each method alone (rescale, centred / S-norm scoring, kernel, MLP)",
+        nargs="*",
+        metavar="METHOD",
+        help="also fit and evaluate each method alone, or only those named: "
+        + " ".join(ABLATION)
+        + " (+rescale: residual rescaling; /centred, /snorm: Compare's scoring)",
     )
     ap.add_argument(
         "--no-security", dest="security", action="store_false", default=None, help="skip leak test"
@@ -211,6 +214,9 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     settings.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
     if settings.get("models") == ["all"]:
         settings["models"] = list(registry.load())
+    unknown = set(settings.get("ablation") or ()) - set(ABLATION)
+    if unknown:  # before hours of work, not after
+        raise SystemExit(f"--ablation: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
     return TrainConfig(**settings)
 
 
@@ -352,13 +358,14 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             )
         )
         extra["fewshot"] = curve
-    if cfg.ablation:
+    if cfg.ablation is not None:
         study = ablation(
             data.fitting,
             data.ids[data.fit],
             ev.embeddings,
             ev.protocol,
             maps if "tuned" in cfg.kinds else None,
+            methods=cfg.ablation,
             convention=cfg.convention,
             progress=cfg.progress,
         )
