@@ -104,6 +104,18 @@ def test_rescale_gives_the_target_residual_norm_and_keeps_its_direction():
     np.testing.assert_allclose(unit(after), unit(before), atol=1e-12)  # centred scores unchanged
 
 
+def test_rescale_wins_under_a_plain_cosine_when_the_target_has_a_large_mean():
+    (Z, _), (Zt, gt) = people(30, noise=0.15), people(31, noise=0.15)
+    Q = np.linalg.qr(np.random.default_rng(32).standard_normal((16, 16)))[0]
+    mean = 2 * unit(np.random.default_rng(33).standard_normal((1, 16)))  # like dlib's space
+    m = LinearMap(alpha=10.0).fit(Z, Z @ Q + mean)
+    truth = unit(Zt @ Q + mean)
+    before = all_pairs_tar(m.transform(Zt) @ truth.T, gt, 1e-3)
+    m.rescale_residual(Z, Z @ Q + mean)
+    after = all_pairs_tar(m.transform(Zt) @ truth.T, gt, 1e-3)
+    assert after > before + 0.05, (before, after)  # measured 0.546 -> 0.622
+
+
 # -- scoring spaces ---------------------------------------------------------------------------
 @pytest.mark.parametrize("scoring", SCORINGS)
 def test_score_rows_are_the_matrix_diagonal(scoring):
@@ -114,6 +126,9 @@ def test_score_rows_are_the_matrix_diagonal(scoring):
     np.testing.assert_allclose(m.score_rows(a, b), np.diag(m.score_matrix(a, b)), atol=1e-5)
     # Native templates are directions: their scale does not matter (raw or unit rows in).
     np.testing.assert_allclose(m.score_rows(a, b * 7), m.score_rows(a, unit(b)), atol=1e-5)
+    # A null template (no face) stays null: 0 under a cosine, centred or not.
+    null = m.score_rows(np.zeros_like(a[:1]), b[:1])
+    assert np.isfinite(null).all() and (scoring == "snorm" or null[0] == 0)
 
 
 def tars_by_scoring(X, Y, g, Xt, Yt, gt, far=1e-3) -> dict[str, float]:
@@ -152,8 +167,8 @@ def test_selection_picks_the_planted_winner_and_the_file_says_why():
     sel = m.fit_info_["selection"]
     assert sel["recipe"].startswith("kernel"), sel
     table = sel["cv_tar"]
-    assert np.mean(table[sel["recipe"]][sel["scoring"]]) >= max(
-        np.mean(v) for r in table.values() for v in r.values()
+    assert np.mean(table[sel["recipe"]][sel["scoring"]]) == max(
+        np.mean(v) for v in table[sel["recipe"]].values()
     )
     assert np.mean(table["linear"]["cosine"]) < 0.1  # the planted relation defeats it
     assert m.kind == "tuned" and map_id_of(m) == "a->b:tuned"
@@ -198,7 +213,7 @@ def test_tuned_maps_beat_the_papers_linear_map_at_low_far_on_real_faces(lfw):
     compare = all_pairs_tar(tuned.score_matrix(tuned.transform(X[held]), Y[held]), ids[held], 1e-3)
     translate = all_pairs_tar(tuned.transform(X[held]) @ unit(Y[held]).T, ids[held], 1e-3)
     papers = all_pairs_tar(linear.transform(X[held]) @ unit(Y[held]).T, ids[held], 1e-3)
-    # Measured: 0.849 (Compare) and 0.770 (Translate) against 0.679: into dlib, where the gap was.
+    # Measured: 0.850 (Compare) and 0.780 (Translate) against 0.679: into dlib, where the gap was.
     assert compare > papers + 0.03 and translate > papers, (compare, translate, papers)
 
 

@@ -44,6 +44,9 @@ DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 15))
 _BLOCK = 16384
 
 
+_COSINE = ScoreSpace("cosine")  # a plain cosine needs nothing fitted
+
+
 class UnderdeterminedWarning(UserWarning):
     """The pairs leave part of the map undetermined (fewer pairs than dimensions)."""
 
@@ -222,18 +225,11 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def score_matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
         """(n, m) scores of this map's outputs (n, d_target) against native templates (m, d_target)."""
-        if self.scoring_ is None:
-            return (
-                l2_normalize(np.asarray(mapped, np.float32)) @ l2_normalize(np.asarray(native, np.float32)).T
-            )
-        return self.scoring_.matrix(mapped, native)
+        return (self.scoring_ or _COSINE).matrix(mapped, native)
 
     def score_rows(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
         """(n,) scores of output row i against native row i, in the space the map records."""
-        if self.scoring_ is None:
-            a, b = l2_normalize(np.asarray(mapped, np.float32)), l2_normalize(np.asarray(native, np.float32))
-            return np.einsum("ij,ij->i", a, b)
-        return self.scoring_.rows(mapped, native)
+        return (self.scoring_ or _COSINE).rows(mapped, native)
 
     def rescale_residual(self, X: Any, Y: Any) -> float:
         """Scale the mapped residual (output minus the target mean) so that its median norm
@@ -246,12 +242,7 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """
         X, Y = check_pairs(X, Y)
         Xp, Yp = (l2_normalize(X), l2_normalize(Y)) if self.normalize_input else (X, Y)
-        raw = self.normalize_output
-        self.normalize_output = False
-        try:
-            residual = self.transform(Xp) - self.target_mean_
-        finally:
-            self.normalize_output = raw
+        residual = self._predict_centered(Xp - self.source_mean_)
         s = float(np.median(np.linalg.norm(Yp - self.target_mean_, axis=1))) / max(
             float(np.median(np.linalg.norm(residual, axis=1))), MIN_NORM
         )

@@ -57,10 +57,13 @@ class ScoreSpace:
         return self
 
     def _prepare(self, Z: np.ndarray) -> np.ndarray:
-        """Unit rows (templates are directions), then centred and unit again."""
+        """Unit rows (templates are directions), then centred and unit again; a zero row
+        (no face) stays zero: it matches no one rather than everyone near the mean."""
         Z = l2_normalize(np.asarray(Z, np.float32))
         if self.kind != "cosine":
+            null = ~Z.any(axis=1)
             Z = l2_normalize(Z - self.center_.astype(np.float32), copy=False)
+            Z[null] = 0
         return Z
 
     def _stats(self, Z: np.ndarray, cohort: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

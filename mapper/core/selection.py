@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.model_selection import GroupKFold
 
 from mapper.core.kernel import KernelMap
-from mapper.core.maps import EmbeddingMap, LinearMap
+from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
 from mapper.core.scoring import SCORINGS, ScoreSpace
 from mapper.core.validation import FitError, check_pairs, l2_normalize
 
@@ -43,14 +43,19 @@ def _linear(a: str | None, b: str | None) -> EmbeddingMap:
     return LinearMap(source_id=a, target_id=b)
 
 
+def _rotation(a: str | None, b: str | None) -> EmbeddingMap:
+    return RotationMap(source_id=a, target_id=b)
+
+
 def _kernel(degree: int, alpha: float) -> Callable[[str | None, str | None], EmbeddingMap]:
     return lambda a, b: KernelMap(degree=degree, alpha=alpha, source_id=a, target_id=b)
 
 
-#: Candidates mapper-train chooses among: the papers' ridge map (penalty by CV) and the
-#: polynomial kernel at the settings that did best on LFW's fitting people.
+#: Candidates mapper-train chooses among: the papers' two maps (ridge with its penalty by
+#: CV; rotation, which needs the fewest pairs) and the polynomial kernel at three settings.
 DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("linear", _linear),
+    Recipe("rotation", _rotation),
     Recipe("kernel-d2-a1", _kernel(2, 1.0)),
     Recipe("kernel-d3-a3", _kernel(3, 3.0)),
     Recipe("kernel-d3-a10", _kernel(3, 10.0)),
@@ -135,7 +140,11 @@ def select_map(
     target_id: str | None = None,
 ) -> EmbeddingMap:
     """The best (recipe, scoring) by :func:`cross_validate`, refitted on all pairs and
-    labelled ``tuned``; ``fit_info_["selection"]`` records the choice and the whole table."""
+    labelled ``tuned``; ``fit_info_["selection"]`` records the choice and the whole table.
+
+    Needs "cosine" among ``scorings``: the recipe is chosen for Translate (cosine) and
+    Compare (its best scoring) together.
+    """
     t0 = time.perf_counter()
     n_ids = np.unique(np.asarray(groups)).size
     if n_ids < MIN_IDENTITIES:  # too few people to judge anything on held-out ones
@@ -143,11 +152,16 @@ def select_map(
         recipe_name, scoring, translate = recipes[0].name, "cosine", recipes[0].name
     else:
         table = cross_validate(X, Y, groups, recipes=recipes, scorings=scorings, folds=folds, fars=fars)
-        recipe_name, scoring = max(
-            ((r, s) for r in table for s in table[r]), key=lambda rs: float(np.mean(table[rs[0]][rs[1]]))
-        )
-        # What Translate returns is scored by a plain cosine: its best recipe is worth recording.
-        translate = max(table, key=lambda r: float(np.mean(table[r].get("cosine", [-1.0]))))
+
+        def mean(r: str, s: str) -> float:
+            return float(np.mean(table[r][s]))
+
+        # One map serves both uses: Translate's output under a plain cosine (a migrated
+        # gallery in a vendor's matcher) and Compare's scoring. The recipe is the one best
+        # at both together; its scoring the best for Compare.
+        recipe_name = max(table, key=lambda r: mean(r, "cosine") + max(mean(r, s) for s in table[r]))
+        scoring = max(table[recipe_name], key=lambda s: mean(recipe_name, s))
+        translate = max(table, key=lambda r: mean(r, "cosine"))
     recipe = next(r for r in recipes if r.name == recipe_name)
     m = attach_scoring(fit_recipe(recipe, X, Y, groups, source_id, target_id), scoring, X, Y)
     m.kind = "tuned"
@@ -156,7 +170,7 @@ def select_map(
         "selection": {
             "recipe": recipe_name,
             "scoring": scoring,
-            "best_for_translate": translate,
+            "best_for_translate_alone": translate,
             "criterion": f"fewer than {MIN_IDENTITIES} identities: the first recipe, cosine"
             if not table
             else f"mean TAR at FAR {', '.join(f'{f:g}' for f in fars)} (strict), "

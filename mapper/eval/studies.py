@@ -44,7 +44,7 @@ def fewshot(
     # Small samples draw people with 2+ images (pairs of the same people, as the papers fit);
     # the last point uses every fitting image.
     multi = unique[counts >= 2]
-    grid = [n for n in (5, 10, 25, 50, 100, 250, 500) if n < multi.size] + [unique.size]
+    grid = [n for n in (5, 10, 25, 50, 100, 150, 250, 500) if n < multi.size] + [unique.size]
     rng = np.random.default_rng(seed)
     impostors = np.flatnonzero(~protocol.labels)
     if impostors.size > 1_000_000:
