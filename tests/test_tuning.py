@@ -131,6 +131,18 @@ def test_score_rows_are_the_matrix_diagonal(scoring):
     assert np.isfinite(null).all() and (scoring == "snorm" or null[0] == 0)
 
 
+def test_snorm_on_a_large_request_equals_small_ones():
+    Z, _ = people(23, n_ids=300)
+    m = attach_scoring(LinearMap(alpha=1.0).fit(Z, Z), "snorm", Z, Z)
+    rng = np.random.default_rng(24)
+    a, b = rng.standard_normal((5000, 16)), rng.standard_normal((5000, 16))  # over one 4,096-row block
+    whole = m.score_rows(m.transform(a), b)
+    parts = np.concatenate(
+        [m.score_rows(m.transform(a[i : i + 700]), b[i : i + 700]) for i in range(0, 5000, 700)]
+    )
+    np.testing.assert_allclose(whole, parts, atol=1e-5)  # float32 matmuls of other shapes
+
+
 def tars_by_scoring(X, Y, g, Xt, Yt, gt, far=1e-3) -> dict[str, float]:
     m = LinearMap(alpha=1e-2).fit(X, Y, groups=g)
     out = {}
