@@ -21,6 +21,7 @@ from safetensors.numpy import save as st_save
 
 from mapper import LinearMap
 from mapper.core import mapfile
+from mapper.core.selection import attach_scoring
 from mapper.serving.sqlite import SQLiteMapStore
 from service.client import MapperClient
 from service.gen import mapper_pb2 as pb
@@ -193,6 +194,9 @@ def test_oversized_requests_are_refused_within_a_memory_bound(server):
 
 def test_published_files_are_validated_and_bad_ones_change_nothing(server):
     good = linear(source="a", target="b")
+    m = LinearMap(source_id="a", target_id="b").fit(X, Y)
+    scored = mapfile.dumps(attach_scoring(m, "snorm", X, Y))
+    assert mapfile.loads(scored).scoring_.kind == "snorm"  # the unforged file is fine
 
     def entry(key, value):  # edit the map entry's metadata
         return forge(good, edit_meta=lambda m: m["maps"][0].__setitem__(key, value))
@@ -205,6 +209,10 @@ def test_published_files_are_validated_and_bad_ones_change_nothing(server):
         "a dimension that is a string": entry("d_source", "16"),
         "a tensor name that does not exist": entry("tensors", ["nope"]),
         "parameters the class does not take": entry("params", {"x": 1}),
+        "a kind that is neither its class nor a label": entry("kind", "banana"),
+        "scoring tensors that do not fit the target": forge(
+            scored, edit_tensors=lambda t: t.__setitem__("score.cohort_native", np.zeros((3, 5)))
+        ),
     }
     with server.client(admin_token=TOKEN) as c:
         before = [(m.ref.map_id, m.ref.version) for m in c.list_mappings(all_versions=True)]

@@ -270,7 +270,7 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.n_features_in_, self.n_features_out_ = self.weight_.shape
         self.fit_info_ = fit_info
         if "scoring" in fit_info:
-            self.scoring_ = ScoreSpace.from_state(fit_info["scoring"], tensors)
+            self.scoring_ = ScoreSpace.from_state(fit_info["scoring"], tensors, self.n_features_out_)
         self._set_bias()
 
 

@@ -111,10 +111,19 @@ class ScoreSpace:
         return {"kind": self.kind, "top_k": self.top_k, "cohort_size": self.cohort_size}
 
     @classmethod
-    def from_state(cls, info: dict[str, Any], tensors: dict[str, np.ndarray]) -> ScoreSpace:
+    def from_state(cls, info: dict[str, Any], tensors: dict[str, np.ndarray], dim: int) -> ScoreSpace:
+        """The space a map file stored, for a target of ``dim`` dimensions (ValueError if
+        its tensors do not fit)."""
         space = cls(info["kind"], top_k=int(info["top_k"]), cohort_size=int(info["cohort_size"]))
         space.center_ = tensors["score.center"]
+        shapes = [space.center_.shape == (dim,)]
         if space.kind == "snorm":
             space.cohort_mapped_ = tensors["score.cohort_mapped"].astype(np.float32)
             space.cohort_native_ = tensors["score.cohort_native"].astype(np.float32)
+            shapes += [
+                c.ndim == 2 and c.shape[1] == dim and len(c) > 0
+                for c in (space.cohort_mapped_, space.cohort_native_)
+            ]
+        if not all(shapes) or space.top_k < 1:
+            raise ValueError(f"scoring tensors do not fit a {dim}-d target space")
         return space
