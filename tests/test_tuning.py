@@ -196,6 +196,17 @@ def test_selection_picks_the_planted_winner_and_the_file_says_why():
     )
 
 
+def test_selection_tar_is_the_strict_tar_of_the_metrics_module():
+    from mapper.core.selection import _tar
+
+    rng = np.random.default_rng(25)
+    scores = rng.standard_normal(20_000).astype(np.float32)
+    same = rng.random(20_000) < 0.1
+    scores[same] += 2
+    for far in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6):
+        assert _tar(scores, same, far) == tar_at_far_strict(scores[same], scores[~same], far)[0], far
+
+
 def test_too_few_people_to_choose_gives_the_papers_map():
     Z, g = people(22, n_ids=6)
     m = select_map(Z, Z, g)

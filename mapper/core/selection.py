@@ -63,6 +63,8 @@ DEFAULT_RECIPES: tuple[Recipe, ...] = (
 
 
 def _tar(scores: np.ndarray, same: np.ndarray, far: float) -> float:
+    """TAR at ``far``, strict convention: :func:`mapper.eval.metrics.tar_at_far_strict`'s
+    (the core layer cannot import eval; a test holds the two equal)."""
     impostor = np.sort(scores[~same])
     k = int(np.floor(far * impostor.size + 1e-9))
     if k >= impostor.size:
