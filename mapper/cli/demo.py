@@ -3,7 +3,7 @@
 1. starts Triton with the face zoo's four CNNs and the YuNet detector (CPU here);
 2. starts the translation service (mapper-serve) on an empty store, with Embed via Triton;
 3. runs mapper-train on a documented LFW subset (1,500 images, whole identities, seed 0):
-   embeds through Triton (cached in .cache/), fits linear, rotation and hub maps on half
+   embeds through Triton (cached in .cache/), fits linear, rotation, hub and tuned maps on half
    the people, evaluates all pairs of the other half, publishes the maps to the service;
 4. embeds a few real LFW photos through the service, translates SFace templates into
    dlib's space and compares them with dlib's own templates, over gRPC;
@@ -65,8 +65,9 @@ def try_the_service(address: str) -> None:
         )
         cmp = client.compare(sface[[0, 0]], SRC, dlib[[1, 2]], DST, far=1e-3)
         print(
-            f"Compare: SFace template of {people[0]} against dlib templates, decision at FAR 1e-3 "
-            f"(threshold {cmp.threshold:.3f}, calibrated on the fitting people):"
+            f"Compare: SFace template of {people[0]} against dlib templates with {cmp.map.map_id}, scored "
+            f"{cmp.scoring}, decision at FAR 1e-3 (threshold {cmp.threshold:.3f}, calibrated on the "
+            "fitting people):"
         )
         for other, score, same in zip((people[1], people[2]), cmp.scores, cmp.same, strict=True):
             print(f"  vs {other:<28} score {score:.3f} -> {'same person' if same else 'different people'}")
