@@ -66,7 +66,7 @@ def main() -> None:
         "kernel d3 a3": plain(KernelMap),
         "kernel d3 a3 + rescale, S-norm": plain(KernelMap, "snorm"),
         "MLP (as configured)": mlp,
-        "tuned (3-fold CV over 4 recipes x 3 scorings)": lambda: select_map(X, Y, ids),
+        "tuned (3-fold CV over 5 recipes x 3 scorings)": lambda: select_map(X, Y, ids),
     }
     x1 = emb[args.source][~fit][:1].astype(np.float32)
     x256 = emb[args.source][~fit][:256].astype(np.float32)
