@@ -14,9 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mapper.core.hub import CanonicalSpace
-from mapper.core.kernel import KernelMap
-from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
-from mapper.core.selection import attach_scoring
+from mapper.core.maps import EmbeddingMap
+from mapper.core.selection import DEFAULT_RECIPES, attach_scoring
 from mapper.core.validation import l2_normalize
 from mapper.errors import InvalidInput
 from mapper.eval.crossmodel import cross_model_eval, fit_maps
@@ -87,18 +86,6 @@ def _recipe(make: Callable[[str, str], EmbeddingMap], rescale: bool, scoring: st
     return fit
 
 
-def _linear(a: str, b: str) -> EmbeddingMap:
-    return LinearMap(source_id=a, target_id=b)
-
-
-def _rotation(a: str, b: str) -> EmbeddingMap:
-    return RotationMap(source_id=a, target_id=b)
-
-
-def _kernel(a: str, b: str) -> EmbeddingMap:
-    return KernelMap(source_id=a, target_id=b)  # degree 3, alpha 3
-
-
 def _mlp(a: str, b: str) -> EmbeddingMap:
     from mapper.core.mlp import MLPMap  # torch: only when the MLP row is asked for
 
@@ -108,20 +95,12 @@ def _mlp(a: str, b: str) -> EmbeddingMap:
 #: The ablation's methods: key -> fitter. Each adds one thing to the papers' maps
 #: ("+rescale": residual rescaling; "/centred", "/snorm": the score Compare computes); the
 #: study adds mapper-train's ``tuned`` maps as two more rows.
+_RECIPES = {r.name: r.make for r in DEFAULT_RECIPES}
 ABLATION: dict[str, Callable] = {
-    "linear": _recipe(_linear, False, None),
-    "linear+rescale": _recipe(_linear, True, None),
-    "linear/centred": _recipe(_linear, False, "centred"),
-    "linear/snorm": _recipe(_linear, False, "snorm"),
-    "rotation": _recipe(_rotation, False, None),
-    "rotation+rescale": _recipe(_rotation, True, None),
-    "rotation/centred": _recipe(_rotation, False, "centred"),
-    "rotation/snorm": _recipe(_rotation, False, "snorm"),
-    "mlp": _recipe(_mlp, False, None),
-    "kernel": _recipe(_kernel, False, None),
-    "kernel+rescale": _recipe(_kernel, True, None),
-    "kernel/snorm": _recipe(_kernel, False, "snorm"),
-}
+    f"{name}{suffix}": _recipe(_RECIPES[recipe], suffix == "+rescale", suffix[1:] if "/" in suffix else None)
+    for name, recipe in (("linear", "linear"), ("rotation", "rotation"), ("kernel", "kernel-d3-a3"))
+    for suffix in ("", "+rescale", "/centred", "/snorm")
+} | {"mlp": _recipe(_mlp, False, None)}
 
 
 def ablation(
