@@ -71,8 +71,12 @@ class KernelMap(EmbeddingMap):
         self.weight_ = self.degree * S.T @ self.coef_
         return {"degree": int(self.degree), "alpha": float(self.alpha), "n_support": int(S.shape[0])}
 
+    def _predict(self, Xn: np.ndarray) -> np.ndarray:
+        """The centred prediction for unit rows ``Xn``."""
+        return self._kernel(Xn, self.support_) @ self.coef_
+
     def _predict_centered(self, Xc: np.ndarray) -> np.ndarray:
-        return self._kernel(Xc + self.source_mean_, self.support_) @ self.coef_
+        return self._predict(Xc + self.source_mean_)
 
     def _scale_residual(self, s: float) -> None:
         self.coef_ = self.coef_ * s
@@ -85,8 +89,7 @@ class KernelMap(EmbeddingMap):
         out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
         for start in range(0, X.shape[0], _BLOCK):  # bounds the (rows, n_support) kernel block
             x = X[start : start + _BLOCK]
-            y = self._kernel(l2_normalize(x.astype(np.float64)), self.support_) @ self.coef_
-            y += self.target_mean_
+            y = self._predict(l2_normalize(x.astype(np.float64))) + self.target_mean_
             y[~np.any(x, axis=1)] = 0
             out[start : start + _BLOCK] = l2_normalize(y, copy=False) if self.normalize_output else y
         return out

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted
 
-from mapper.core.scoring import ScoreSpace
+from mapper.core.scoring import COSINE, ScoreSpace
 from mapper.core.validation import (
     MIN_NORM,
     EmbeddingError,
@@ -42,9 +42,6 @@ DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 15))
 # (1,024-row blocks were 25% slower on 200,000 x 512 with 2 threads), few enough to bound
 # the temporaries (32 MiB at 512-d float32).
 _BLOCK = 16384
-
-
-_COSINE = ScoreSpace("cosine")  # a plain cosine needs nothing fitted
 
 
 class UnderdeterminedWarning(UserWarning):
@@ -223,13 +220,18 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.fit_info_ = {**self.fit_info_, "scoring": space.info()}
         return self
 
+    @property
+    def score_space(self) -> ScoreSpace:
+        """How Compare scores this map's output: the recorded scoring, else a plain cosine."""
+        return self.scoring_ or COSINE
+
     def score_matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
         """(n, m) scores of this map's outputs (n, d_target) against native templates (m, d_target)."""
-        return (self.scoring_ or _COSINE).matrix(mapped, native)
+        return self.score_space.matrix(mapped, native)
 
     def score_rows(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
         """(n,) scores of output row i against native row i, in the space the map records."""
-        return (self.scoring_ or _COSINE).rows(mapped, native)
+        return self.score_space.rows(mapped, native)
 
     def rescale_residual(self, X: Any, Y: Any) -> float:
         """Scale the mapped residual (output minus the target mean) so that its median norm

@@ -80,25 +80,24 @@ class ScoreSpace:
             std[start : start + _BLOCK] = top.std(axis=1)
         return mean, np.maximum(std, 1e-6)
 
-    def matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
-        """(n_mapped, n_native) float32 scores of every mapped row against every native row."""
+    def _scores(self, mapped: np.ndarray, native: np.ndarray, pairwise: bool) -> np.ndarray:
         P, Q = self._prepare(mapped), self._prepare(native)
-        S = P @ Q.T
+        s = P @ Q.T if pairwise else np.einsum("ij,ij->i", P, Q)
         if self.kind == "snorm":
             mp, sp = self._stats(P, self.cohort_native_)
             mq, sq = self._stats(Q, self.cohort_mapped_)
-            S = 0.5 * ((S - mp[:, None]) / sp[:, None] + (S - mq[None, :]) / sq[None, :])
-        return S.astype(np.float32, copy=False)
+            if pairwise:  # row statistics down the rows, column statistics across the columns
+                mp, sp = mp[:, None], sp[:, None]
+            s = 0.5 * ((s - mp) / sp + (s - mq) / sq)
+        return s.astype(np.float32, copy=False)
+
+    def matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
+        """(n_mapped, n_native) float32 scores of every mapped row against every native row."""
+        return self._scores(mapped, native, pairwise=True)
 
     def rows(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
         """(n,) float32 scores of row i of ``mapped`` against row i of ``native``."""
-        P, Q = self._prepare(mapped), self._prepare(native)
-        s = np.einsum("ij,ij->i", P, Q)
-        if self.kind == "snorm":
-            mp, sp = self._stats(P, self.cohort_native_)
-            mq, sq = self._stats(Q, self.cohort_mapped_)
-            s = 0.5 * ((s - mp) / sp + (s - mq) / sq)
-        return s.astype(np.float32, copy=False)
+        return self._scores(mapped, native, pairwise=False)
 
     # -- state for map files ---------------------------------------------------------------
     def tensors(self) -> dict[str, np.ndarray]:
@@ -127,3 +126,7 @@ class ScoreSpace:
         if not all(shapes) or space.top_k < 1:
             raise ValueError(f"scoring tensors do not fit a {dim}-d target space")
         return space
+
+
+#: A plain cosine: needs nothing fitted; what a map without a recorded scoring uses.
+COSINE = ScoreSpace("cosine")

@@ -17,7 +17,8 @@ import numpy as np
 
 from mapper.core import mapfile
 from mapper.core.calibration import Calibration
-from mapper.core.validation import check_embeddings, l2_normalize
+from mapper.core.scoring import COSINE
+from mapper.core.validation import check_embeddings
 from mapper.errors import EmbeddingError, LimitExceeded, MapFileError, MapNotFound, Unavailable
 from mapper.serving.catalog import Catalog, MapRef
 from mapper.serving.store import MapStore, StoredMap
@@ -143,16 +144,15 @@ class Translator:
             dims = catalog.models()
             if model_a not in dims:
                 raise MapNotFound(f"unknown model {model_a!r}; models with maps: {sorted(dims)}")
-            a = l2_normalize(check_embeddings(a, name="a", dim=dims[model_a]))
-            b = l2_normalize(check_embeddings(b, name="b", dim=dims[model_a]))
-            result = Comparison(np.einsum("ij,ij->i", a, b), space=model_b)
+            a = check_embeddings(a, name="a", dim=dims[model_a])
+            b = check_embeddings(b, name="b", dim=dims[model_a])
+            result = Comparison(COSINE.rows(a, b), space=model_b)
             calibration = Calibration()
         else:
             m, ref = catalog.resolve(model_a, model_b, kind)
             a_b = m.transform(a)
             b = check_embeddings(b, name="b", dim=a_b.shape[1])
-            scoring = m.scoring_.kind if m.scoring_ is not None else "cosine"
-            result = Comparison(m.score_rows(a_b, b), space=model_b, map=ref, scoring=scoring)
+            result = Comparison(m.score_rows(a_b, b), space=model_b, map=ref, scoring=m.score_space.kind)
             calibration = calibrations.get(ref.map_id, Calibration())
         if far > 0:
             result.threshold = calibration.threshold(far)
