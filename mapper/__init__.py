@@ -30,6 +30,8 @@ _EXPORTS = {
     "UnderdeterminedWarning": "mapper.core.maps",
     "compose": "mapper.core.maps",
     "MLPMap": "mapper.core.mlp",
+    "KernelMap": "mapper.core.kernel",
+    "EnsembleMap": "mapper.core.ensemble",
     "CanonicalSpace": "mapper.core.hub",
     "EmbeddingError": "mapper.errors",
     "FitError": "mapper.errors",
@@ -43,7 +45,9 @@ __all__ = [
     "CanonicalSpace",
     "EmbeddingError",
     "EmbeddingMap",
+    "EnsembleMap",
     "FitError",
+    "KernelMap",
     "LinearMap",
     "MLPMap",
     "MapFileError",
@@ -56,7 +60,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from mapper.core.ensemble import EnsembleMap
     from mapper.core.hub import CanonicalSpace
+    from mapper.core.kernel import KernelMap
     from mapper.core.mapfile import load, save
     from mapper.core.maps import (
         AffineMap,

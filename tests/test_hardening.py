@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 
 import grpc
 import numpy as np
@@ -21,6 +22,7 @@ from safetensors.numpy import save as st_save
 
 from mapper import LinearMap
 from mapper.core import mapfile
+from mapper.core.ensemble import EnsembleMap
 from mapper.core.selection import attach_scoring
 from mapper.serving.sqlite import SQLiteMapStore
 from service.client import MapperClient
@@ -197,6 +199,12 @@ def test_published_files_are_validated_and_bad_ones_change_nothing(server):
     m = LinearMap(source_id="a", target_id="b").fit(X, Y)
     scored = mapfile.dumps(attach_scoring(m, "snorm", X, Y))
     assert mapfile.loads(scored).scoring_.kind == "snorm"  # the unforged file is fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ensemble = mapfile.dumps(
+            EnsembleMap(source_id="a", target_id="b").fit(X, Y, groups=np.arange(300) // 3)
+        )
+    assert isinstance(mapfile.loads(ensemble), EnsembleMap)
 
     def entry(key, value):  # edit the map entry's metadata
         return forge(good, edit_meta=lambda m: m["maps"][0].__setitem__(key, value))
@@ -210,6 +218,12 @@ def test_published_files_are_validated_and_bad_ones_change_nothing(server):
         "a tensor name that does not exist": entry("tensors", ["nope"]),
         "parameters the class does not take": entry("params", {"x": 1}),
         "a kind that is neither its class nor a label": entry("kind", "banana"),
+        "an ensemble member of an unknown kind": forge(
+            ensemble, edit_meta=lambda m: m["maps"][0]["fit_info"]["members"][2].__setitem__("kind", "mlp")
+        ),
+        "an ensemble member's tensor of the wrong shape": forge(
+            ensemble, edit_tensors=lambda t: t.__setitem__("member1.weight", np.zeros((16, 5)))
+        ),
         "scoring tensors that do not fit the target": forge(
             scored, edit_tensors=lambda t: t.__setitem__("score.cohort_native", np.zeros((3, 5)))
         ),

@@ -86,6 +86,7 @@ class TrainConfig:
     admin_token_file: str | None = None
     store: str | None = None
     fewshot: bool = True
+    fewshot_draw: str = "images"  # how the few-shot curve samples its fitting pairs
     ablation: list[str] | None = None  # methods of the ablation study ([] = all)
     security: bool = True
     joining: str | None = None  # a model (or "last") that joins a hub of the others
@@ -178,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-fewshot", dest="fewshot", action="store_false", default=None, help="skip the few-shot curve"
     )
     ap.add_argument(
+        "--fewshot-draw",
+        choices=("images", "people"),
+        help="few-shot samples: random fitting images (default), or every image of fewer people",
+    )
+    ap.add_argument(
         "--ablation",
         nargs="*",
         metavar="METHOD",
@@ -217,6 +223,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     unknown = set(settings.get("ablation") or ()) - set(ABLATION)
     if unknown:  # before hours of work, not after
         raise SystemExit(f"--ablation: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
+    if settings.get("fewshot_draw", "images") not in ("images", "people"):
+        raise SystemExit(f"fewshot_draw must be 'images' or 'people', got {settings['fewshot_draw']!r}")
     return TrainConfig(**settings)
 
 
@@ -341,7 +349,14 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     if cfg.fewshot:
         kinds = tuple(k for k in eval_kinds(cfg.kinds) if k not in ("none", "hub"))
         curve = fewshot(
-            data.fitting, data.ids[data.fit], ev.embeddings, ev.protocol, cfg.seed, cfg.progress, kinds
+            data.fitting,
+            data.ids[data.fit],
+            ev.embeddings,
+            ev.protocol,
+            cfg.seed,
+            cfg.progress,
+            kinds,
+            draw=cfg.fewshot_draw,
         )
         fewshot_plot(curve, out / "fewshot.png")
         rows = "\n".join(
@@ -352,7 +367,12 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             (
                 "How little data is enough",
                 "Mean cross-model TAR@FAR=1e-2 (strict) over all ordered pairs, maps fitted on a seeded "
-                f"sample of the fitting identities; native mean {curve['native']:.4f}.\n\n"
+                + (
+                    "sample of the fitting images"
+                    if cfg.fewshot_draw == "images"
+                    else "sample of the fitting people with 2+ images (all their images)"
+                )
+                + f"; native mean {curve['native']:.4f}.\n\n"
                 "![few-shot curve](fewshot.png)\n\n| identities | pairs | " + " | ".join(kinds) + " |\n"
                 "|---|---|" + "---|" * len(kinds) + "\n" + rows,
             )

@@ -3,6 +3,7 @@ that callers (map files, the catalog, the trainer) take from it."""
 
 from __future__ import annotations
 
+from mapper.core.ensemble import EnsembleMap
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import AffineMap, EmbeddingMap, LinearMap, RotationMap
 from mapper.core.mlp import MLPMap
@@ -14,9 +15,10 @@ DIRECT: dict[str, type[EmbeddingMap]] = {
     "rotation": RotationMap,
     "mlp": MLPMap,
     "kernel": KernelMap,
+    "ensemble": EnsembleMap,
 }
 #: Kinds a map is served as that name how it was chosen, not its class: ``tuned`` maps are
-#: linear or kernel maps chosen per model pair, with their scoring, by cross-validation.
+#: linear, kernel or ensemble maps chosen per model pair, with their scoring, by cross-validation.
 LABELS: tuple[str, ...] = ("tuned",)
 #: Every map class a map file may hold (affine: a composed map, e.g. two hub legs).
 FILE_CLASSES: dict[str, type[EmbeddingMap]] = {**DIRECT, "affine": AffineMap}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
+from mapper.core.ensemble import EnsembleMap
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
 from mapper.core.scoring import SCORINGS, ScoreSpace
@@ -47,18 +48,24 @@ def _rotation(a: str | None, b: str | None) -> EmbeddingMap:
     return RotationMap(source_id=a, target_id=b)
 
 
+def _ensemble(a: str | None, b: str | None) -> EmbeddingMap:
+    return EnsembleMap(source_id=a, target_id=b)
+
+
 def _kernel(degree: int, alpha: float) -> Callable[[str | None, str | None], EmbeddingMap]:
     return lambda a, b: KernelMap(degree=degree, alpha=alpha, source_id=a, target_id=b)
 
 
 #: Candidates mapper-train chooses among: the papers' two maps (ridge with its penalty by
-#: CV; rotation, which needs the fewest pairs) and the polynomial kernel at three settings.
+#: CV; rotation, which needs the fewest pairs), the polynomial kernel at three settings,
+#: and the ensemble of ridge, rotation and the d3/a3 kernel.
 DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("linear", _linear),
     Recipe("rotation", _rotation),
     Recipe("kernel-d2-a1", _kernel(2, 1.0)),
     Recipe("kernel-d3-a3", _kernel(3, 3.0)),
     Recipe("kernel-d3-a10", _kernel(3, 10.0)),
+    Recipe("ensemble", _ensemble),
 )
 
 
@@ -103,7 +110,8 @@ def cross_validate(
     folds: int = 3,
     fars: tuple[float, ...] = SELECTION_FARS,
 ) -> dict[str, dict[str, list[float]]]:
-    """{recipe: {scoring: TAR at each of ``fars``, mean over folds}}.
+    """{recipe: {scoring: TAR at each of ``fars``, mean over folds}}; empty when no
+    held-out fold has both genuine and impostor pairs (one image per person).
 
     X: (n, d_A), Y: (n, d_B) embeddings of the same n fitting images; groups: (n,) their
     identities. Folds are identity-disjoint; within the held-out fold every image pair
@@ -114,19 +122,23 @@ def cross_validate(
     if np.unique(groups).size < folds:
         raise FitError(f"{np.unique(groups).size} identities cannot make {folds} folds")
     table = {r.name: {s: np.zeros(len(fars)) for s in scorings} for r in recipes}
+    counted = 0
     for train, val in GroupKFold(n_splits=folds).split(X, groups=groups):
         iu = np.triu_indices(len(val), 1)
         same = (groups[val][:, None] == groups[val][None, :])[iu]
         if same.all() or not same.any():
             continue
+        counted += 1
         for recipe in recipes:
             m = fit_recipe(recipe, X[train], Y[train], groups[train])
             mapped = m.transform(X[val])
             for scoring in scorings:
                 attach_scoring(m, scoring, X[train], Y[train])
                 scores = m.score_matrix(mapped, Y[val])[iu]
-                table[recipe.name][scoring] += [_tar(scores, same, f) / folds for f in fars]
-    return {r: {s: v.tolist() for s, v in d.items()} for r, d in table.items()}
+                table[recipe.name][scoring] += [_tar(scores, same, f) for f in fars]
+    if not counted:
+        return {}
+    return {r: {s: (v / counted).tolist() for s, v in d.items()} for r, d in table.items()}
 
 
 def select_map(
@@ -149,11 +161,12 @@ def select_map(
     """
     t0 = time.perf_counter()
     n_ids = np.unique(np.asarray(groups)).size
-    if n_ids < MIN_IDENTITIES:  # too few people to judge anything on held-out ones
-        table: dict[str, dict[str, list[float]]] = {}
+    table: dict[str, dict[str, list[float]]] = {}
+    if n_ids >= MIN_IDENTITIES:  # else too few people to judge anything on held-out ones
+        table = cross_validate(X, Y, groups, recipes=recipes, scorings=scorings, folds=folds, fars=fars)
+    if not table:
         recipe_name, scoring, translate = recipes[0].name, "cosine", recipes[0].name
     else:
-        table = cross_validate(X, Y, groups, recipes=recipes, scorings=scorings, folds=folds, fars=fars)
 
         def mean(r: str, s: str) -> float:
             return float(np.mean(table[r][s]))
@@ -173,7 +186,8 @@ def select_map(
             "recipe": recipe_name,
             "scoring": scoring,
             "best_for_translate_alone": translate,
-            "criterion": f"fewer than {MIN_IDENTITIES} identities: the first recipe, cosine"
+            "criterion": f"fewer than {MIN_IDENTITIES} identities, or no held-out genuine pairs: "
+            "the first recipe, cosine"
             if not table
             else f"mean TAR at FAR {', '.join(f'{f:g}' for f in fars)} (strict), "
             f"{folds}-fold identity-disjoint CV on the fitting people",

@@ -16,6 +16,7 @@ class MapKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MAP_KIND_MLP: _ClassVar[MapKind]
     MAP_KIND_KERNEL: _ClassVar[MapKind]
     MAP_KIND_TUNED: _ClassVar[MapKind]
+    MAP_KIND_ENSEMBLE: _ClassVar[MapKind]
 MAP_KIND_ANY: MapKind
 MAP_KIND_LINEAR: MapKind
 MAP_KIND_ROTATION: MapKind
@@ -23,6 +24,7 @@ MAP_KIND_HUB: MapKind
 MAP_KIND_MLP: MapKind
 MAP_KIND_KERNEL: MapKind
 MAP_KIND_TUNED: MapKind
+MAP_KIND_ENSEMBLE: MapKind
 
 class Embeddings(_message.Message):
     __slots__ = ("rows", "dim", "data")
