@@ -296,3 +296,31 @@ def test_ablation_rows_and_the_tuned_choice_in_the_report(tmp_path, face_zoo):
             "--out",
             str(tmp_path / "p"),
         )
+
+
+def test_mirrored_faces_add_a_second_pair_per_fitting_image(tmp_path, face_zoo):
+    models = ["sface-2021dec-int8bq", "mobilefacenet-arcface"]
+    cache = tmp_path / "cache.sqlite"
+    out = run_train(
+        "--backend", "local", "--images", "60", "--models", *models, "--kinds", "linear", "--mirror",
+        "--no-security", "--cache", str(cache), "--out", str(tmp_path / "o"),
+        "--store", str(tmp_path / "m.sqlite"),
+    )  # fmt: skip
+    n_fit = out["provenance"]["fit_images"]
+    assert out["provenance"]["mirrored_views"] and out["fewshot"]["pairs"][-1] == n_fit
+    for stored in SQLiteMapStore(tmp_path / "m.sqlite").list():
+        assert stored.metadata["maps"][0]["fit_info"]["n_pairs"] == 2 * n_fit  # each image twice
+    with sqlite3.connect(cache) as db:
+        rows = dict(db.execute("SELECT model, COUNT(*) FROM embeddings GROUP BY model").fetchall())
+        pairs = db.execute(
+            "SELECT a.embedding, b.embedding FROM embeddings a JOIN embeddings b USING (image_sha256) "
+            "WHERE a.model = ? AND b.model = ? AND a.failed = 0",
+            (models[0], models[0] + "+mirror"),
+        ).fetchall()
+    assert rows[models[0] + "+mirror"] == n_fit < rows[models[0]]  # the fitting images only
+    cos = [np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in
+           ((np.frombuffer(x, np.float32), np.frombuffer(y, np.float32)) for x, y in pairs)]  # fmt: skip
+    # Another view of the same face: alike, never identical (measured mean 0.96 for SFace).
+    assert 0.8 < np.mean(cos) and max(cos) < 0.9999, (np.mean(cos), max(cos))
+    with pytest.raises(SystemExit, match="needs the images"):
+        train.main(["--mirror", "--embeddings", str(face_zoo / "embeddings" / "lfw-embeddings.npz")])

@@ -85,6 +85,7 @@ class TrainConfig:
     admin_token: str | None = field(default=None, repr=False)
     admin_token_file: str | None = None
     store: str | None = None
+    mirror: bool = False  # also fit on each fitting image's mirrored face
     fewshot: bool = True
     fewshot_draw: str = "images"  # how the few-shot curve samples its fitting pairs
     ablation: list[str] | None = None  # methods of the ablation study ([] = all)
@@ -113,11 +114,23 @@ class Split:
     ids: np.ndarray  # (n,) identity per image
     fit: np.ndarray  # (n,) bool
     embeddings: dict[str, np.ndarray]  # {model: (n, d)}
+    #: {model: the fitting images' mirrored faces' embeddings}, row for row (--mirror)
+    mirrored: dict[str, np.ndarray] | None = None
 
     @cached_property
     def fitting(self) -> dict[str, np.ndarray]:
         """{model: the fitting images' embeddings}, sliced once for every step that fits."""
         return {m: e[self.fit] for m, e in self.embeddings.items()}
+
+    @cached_property
+    def pairs(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({model: fitting embeddings}, identities): the fitting images, then their
+        mirrored faces when there are any (same people, so CV folds keep them together)."""
+        groups = self.ids[self.fit]
+        if self.mirrored is None:
+            return self.fitting, groups
+        views = {m: np.vstack([e, self.mirrored[m]]) for m, e in self.fitting.items()}
+        return views, np.concatenate([groups, groups])
 
 
 @dataclass
@@ -179,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-fewshot", dest="fewshot", action="store_false", default=None, help="skip the few-shot curve"
     )
     ap.add_argument(
+        "--mirror",
+        action="store_true",
+        default=None,
+        help="also fit on every fitting image's face mirrored left-right: a second pair per image "
+        "(needs the images, not --embeddings)",
+    )
+    ap.add_argument(
         "--fewshot-draw",
         choices=("images", "people"),
         help="few-shot samples: random fitting images (default), or every image of fewer people",
@@ -223,6 +243,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     unknown = set(settings.get("ablation") or ()) - set(ABLATION)
     if unknown:  # before hours of work, not after
         raise SystemExit(f"--ablation: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
+    if settings.get("mirror") and settings.get("embeddings"):
+        raise SystemExit("--mirror embeds mirrored faces, so it needs the images: drop --embeddings")
     if settings.get("fewshot_draw", "images") not in ("images", "people"):
         raise SystemExit(f"fewshot_draw must be 'images' or 'people', got {settings['fewshot_draw']!r}")
     return TrainConfig(**settings)
@@ -250,9 +272,10 @@ def embed(
     log: Log,
     paths: list[Path] | None = None,
     landmarks: np.ndarray | None = None,
+    mirror: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({model: (n, d) float32}, indices of the images any model failed on) for ``names``
-    (LFW images unless ``paths`` are given)."""
+    (LFW images unless ``paths`` are given; their faces mirrored with ``mirror``)."""
     if cfg.embeddings:
         with np.load(cfg.embeddings) as data:
             index = {str(n): i for i, n in enumerate(data["names"])}
@@ -268,7 +291,9 @@ def embed(
     with face_embedder(cfg.backend, triton_url=cfg.triton_url, models=cfg.models, log=log) as embedder:
         cache = EmbeddingCache(cfg.cache)
         for m in cfg.models:
-            out[m], bad = embed_images(embedder, paths, m, cache, progress=cfg.progress, landmarks=landmarks)
+            out[m], bad = embed_images(
+                embedder, paths, m, cache, progress=cfg.progress, landmarks=landmarks, mirror=mirror
+            )
             failed |= set(bad)
     return out, np.array(sorted(failed), dtype=np.int64)
 
@@ -291,7 +316,8 @@ def fit(
     cfg: TrainConfig, data: Split
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
     """({(A, B, kind): map}, the hub space if fitted), fitted on the fitting people only."""
-    maps = fit_maps(data.fitting, tuple(cfg.kinds), groups=data.ids[data.fit], progress=cfg.progress)
+    emb, groups = data.pairs
+    maps = fit_maps(emb, tuple(cfg.kinds), groups=groups, progress=cfg.progress)
     hub = maps.pop(("*", "*", "hub-space"), None)
     return maps, hub  # type: ignore[return-value]
 
@@ -357,6 +383,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             cfg.progress,
             kinds,
             draw=cfg.fewshot_draw,
+            mirrored=data.mirrored,
         )
         fewshot_plot(curve, out / "fewshot.png")
         rows = "\n".join(
@@ -380,8 +407,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
         extra["fewshot"] = curve
     if cfg.ablation is not None:
         study = ablation(
-            data.fitting,
-            data.ids[data.fit],
+            *data.pairs,
             ev.embeddings,
             ev.protocol,
             maps if "tuned" in cfg.kinds else None,
@@ -502,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     names = select(cfg)
     log(f"{len(names)} LFW images of {len({identity_of(n) for n in names})} people; models: {cfg.models}")
     data = split(cfg, names, *embed(cfg, names, log), log)
+    if cfg.mirror:
+        fit_names = [n for n, f in zip(data.names, data.fit, strict=True) if f]
+        data.mirrored, failed = embed(cfg, fit_names, log, mirror=True)
+        if failed.size:  # the same detections as the originals: this does not happen
+            raise SystemExit(f"{failed.size} mirrored faces failed to embed, e.g. {fit_names[failed[0]]}")
     maps, hub = fit(cfg, data)
     ev = evaluate(cfg, data, maps, out, log)
     sections, extra = studies(cfg, data, ev, maps, out)
@@ -510,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": f"LFW ({len(data.names)} images)",
         "fit_images": int(data.fit.sum()),
         "fit_identities": int(np.unique(data.ids[data.fit]).size),
+        "mirrored_views": cfg.mirror,
         "seed": cfg.seed,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
@@ -525,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         "run_seconds": round(time.perf_counter() - t0, 1),
     }
     description = (
-        f"Maps fitted on {data.fit.sum()} LFW images of {provenance['fit_identities']} people and evaluated "
+        f"Maps fitted on {data.fit.sum()} LFW images of {provenance['fit_identities']} people"
+        + (" and their mirrored faces" if cfg.mirror else "")
+        + " and evaluated "
         f"on {ev.what} (seed {cfg.seed}). Row A's side is embedded by A and mapped into B's space; column "
         "B's side is embedded by B. Run: `mapper-train "
         + redacted(sys.argv[1:] if argv is None else argv)

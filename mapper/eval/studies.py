@@ -33,6 +33,7 @@ def fewshot(
     progress: bool,
     kinds: tuple[str, ...] = ("linear", "rotation"),
     draw: str = "images",
+    mirrored: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Mean cross-model TAR@FAR=1e-2 against the number of fitting pairs, per kind in
     ``kinds`` (``K:compare``: kind K scored as its map records).
@@ -41,6 +42,8 @@ def fewshot(
     user would take a sample of their photos); ``"people"``: on every image of that many
     people with 2+ images each (fewer people, more images each: the curve is lower, since
     what a map needs most is many faces). The last point uses every fitting image.
+    ``mirrored``: the fitting images' mirrored faces, row for row: each drawn image then
+    brings its mirrored pair too (the counts stay images).
     Evaluated on every genuine pair and at most 1,000,000 impostor pairs of the protocol
     (plenty for FAR 1e-2), so the curve costs a few seconds per point at any scale.
     """
@@ -77,9 +80,11 @@ def fewshot(
             chosen[rng.choice(ids_fit.size, n, replace=False)] = True
         else:
             chosen = np.isin(ids_fit, rng.choice(multi, n, replace=False))
-        maps = fit_maps(
-            {m: e[chosen] for m, e in emb_fit.items()}, fit_kinds, groups=ids_fit[chosen], progress=False
-        )
+        emb, groups = {m: e[chosen] for m, e in emb_fit.items()}, ids_fit[chosen]
+        if mirrored is not None:
+            emb = {m: np.vstack([e, mirrored[m][chosen]]) for m, e in emb.items()}
+            groups = np.concatenate([groups, groups])
+        maps = fit_maps(emb, fit_kinds, groups=groups, progress=False)
         res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds, fars=(1e-2,), progress=False)
         curve["identities"].append(int(np.unique(ids_fit[chosen]).size))
         curve["pairs"].append(int(chosen.sum()))

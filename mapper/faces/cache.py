@@ -78,20 +78,24 @@ def embed_images(
     chunk: int = 64,
     progress: bool = True,
     landmarks: np.ndarray | None = None,
+    mirror: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """(n, dim) float32 embeddings of image files by ``model`` and the indices that failed,
     embedding only images not in ``cache``. ``landmarks``: optional (n, 15) detections
-    (e.g. IJB-C's 5 points), which skip detection."""
+    (e.g. IJB-C's 5 points), which skip detection. ``mirror``: the faces flipped left-right
+    (cached as the view ``<model>+mirror``)."""
+    view = f"{model}+mirror" if mirror else model
     keys = [content_key(Path(p).read_bytes()) for p in paths]
-    cached = cache.get(model, keys)
+    cached = cache.get(view, keys)
     todo = [i for i, k in enumerate(keys) if k not in cached]
-    print(f"{model}: {len(paths) - len(todo)} images cached, {len(todo)} to embed", flush=True)
-    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=model, unit="img", disable=not progress)
+    print(f"{view}: {len(paths) - len(todo)} images cached, {len(todo)} to embed", flush=True)
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=view, unit="img", disable=not progress)
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]
         given = landmarks[idx] if landmarks is not None else None
-        result = embedder.embed([Path(paths[i]).read_bytes() for i in idx], model, landmarks=given)
-        cache.put(model, [keys[i] for i in idx], result.embeddings, result.failed)
+        images = [Path(paths[i]).read_bytes() for i in idx]
+        result = embedder.embed(images, model, landmarks=given, mirror=mirror)
+        cache.put(view, [keys[i] for i in idx], result.embeddings, result.failed)
         for j, i in enumerate(idx):
             cached[keys[i]] = None if j in set(result.failed) else result.embeddings[j]
         bar.update(len(idx))

@@ -109,11 +109,20 @@ class FaceEmbedder:
             self._detections.update({keys[i]: d for i, d in zip(todo, found, strict=True)})
         return np.stack([self._detections[k] for k in keys]) if keys else np.zeros((0, 15), np.float32)
 
-    def embed(self, images: Sequence[bytes], model: str, landmarks: np.ndarray | None = None) -> EmbedResult:
+    def embed(
+        self,
+        images: Sequence[bytes],
+        model: str,
+        landmarks: np.ndarray | None = None,
+        *,
+        mirror: bool = False,
+    ) -> EmbedResult:
         """Embed encoded images with ``model``.
 
         landmarks: optional (n, 15) detections ([box 4, 5 landmarks x/y, score], e.g. from
         IJB-C's ijbc_name_5pts_score.txt with a box around them): detection is skipped.
+        mirror: embed each aligned face flipped left-right (a second view of the same
+        image, for more fitting pairs).
         """
         m = self.model(model)
         if landmarks is not None:
@@ -121,6 +130,8 @@ class FaceEmbedder:
         else:
             detections = self.detect(images)
         chips = self.chips(images, m, detections)
+        if mirror:  # chips are (h, w, 3) and aligned about the face's vertical midline
+            chips = [None if c is None else np.ascontiguousarray(c[:, ::-1]) for c in chips]
         ok = [i for i, c in enumerate(chips) if c is not None]
         emb = np.zeros((len(images), m.dim), np.float32)
         if ok:
