@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mapper.core.ensemble import EnsembleMap
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
 from mapper.core.selection import attach_scoring, select_map
@@ -65,8 +66,9 @@ def main() -> None:
         "linear + rescale, S-norm": plain(LinearMap, "snorm"),
         "kernel d3 a3": plain(KernelMap),
         "kernel d3 a3 + rescale, S-norm": plain(KernelMap, "snorm"),
+        "ensemble (ridge, rotation, kernel) + S-norm": plain(EnsembleMap, "snorm"),
         "MLP (as configured)": mlp,
-        "tuned (3-fold CV over 5 recipes x 3 scorings)": lambda: select_map(X, Y, ids),
+        "tuned (3-fold CV over 6 recipes x 3 scorings)": lambda: select_map(X, Y, ids),
     }
     x1 = emb[args.source][~fit][:1].astype(np.float32)
     x256 = emb[args.source][~fit][:256].astype(np.float32)

@@ -172,6 +172,23 @@ def test_config_file_and_bad_settings(tmp_path, lfw_embeddings, face_zoo):
     cfg.write_text("imagez = 3\n")
     with pytest.raises(SystemExit, match="unknown settings"):
         train.main(["--config", str(cfg)])
+    cfg.write_text('fewshot_draw = "everyone"\n')
+    with pytest.raises(SystemExit, match="fewshot_draw must be"):
+        train.main(["--config", str(cfg)])
+
+
+def test_fewshot_draws_images_or_people(tmp_path, face_zoo):
+    zoo = str(face_zoo / "embeddings" / "lfw-embeddings.npz")
+    common = ["--embeddings", zoo, "--images", "300", "--kinds", "linear", "--no-security"]
+    images = run_train(*common, "--out", str(tmp_path / "i"))["fewshot"]
+    people = run_train(*common, "--fewshot-draw", "people", "--out", str(tmp_path / "p"))["fewshot"]
+    assert images["draw"] == "images" and images["pairs"][:3] == [25, 50, 100]
+    assert people["draw"] == "people" and people["identities"][:3] == [5, 10, 25]
+    # People are drawn among those with 2+ images, and bring all of them.
+    assert all(p >= 2 * i for p, i in zip(people["pairs"][:-1], people["identities"][:-1], strict=True))
+    assert images["pairs"][-1] == people["pairs"][-1] and images["tar"]["linear"][-1] == pytest.approx(
+        people["tar"]["linear"][-1], abs=1e-12
+    )  # the last point is the main fit, whichever way the others are drawn
 
 
 def test_ijbc_layout_evaluation(tmp_path, face_zoo, lfw_embeddings):
@@ -281,6 +298,10 @@ def test_ablation_rows_and_the_tuned_choice_in_the_report(tmp_path, face_zoo):
     assert rows["linear"]["tar"]["0.01"] == pytest.approx(out["summary"]["linear"]["0.01"], abs=1e-12)
     assert all(r["fit_seconds_per_map"] > 0 for name, r in rows.items() if name != "native (B vs B)")
     assert set(out["fewshot"]["tar"]) == {"linear", "tuned", "tuned:compare"}
+    # The curve's last point reuses the maps fitted on every pair: the main table's figure.
+    assert out["fewshot"]["tar"]["tuned:compare"][-1] == pytest.approx(
+        out["summary"]["tuned:compare"]["0.01"], abs=1e-12
+    )
     report = (tmp_path / "o" / "report.md").read_text()
     assert "Ablation: what each method adds" in report and "| tuned, Compare |" in report
     with pytest.raises(SystemExit, match="unknown methods"):

@@ -258,6 +258,9 @@ def test_too_few_people_to_choose_gives_the_papers_map():
     m = select_map(Z, Z, g)
     assert isinstance(m, LinearMap) and m.fit_info_["selection"]["scoring"] == "cosine"
     assert "fewer than" in m.fit_info_["selection"]["criterion"]
+    Z, g = people(23, n_ids=40, per=1)  # one image per person: no genuine pair to judge on
+    m = select_map(Z, Z, g)
+    assert isinstance(m, LinearMap) and "no held-out genuine pairs" in m.fit_info_["selection"]["criterion"]
 
 
 # -- real faces -------------------------------------------------------------------------------

@@ -384,6 +384,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             kinds,
             draw=cfg.fewshot_draw,
             mirrored=data.mirrored,
+            full_maps=maps,
         )
         fewshot_plot(curve, out / "fewshot.png")
         rows = "\n".join(
