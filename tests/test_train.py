@@ -282,6 +282,9 @@ def test_ablation_rows_and_the_tuned_choice_in_the_report(tmp_path, face_zoo):
         "--ablation",
         "linear",
         "kernel/snorm",
+        "--fewshot-methods",
+        "linear",
+        "kernel/snorm",
         "--no-security",
         "--out",
         str(tmp_path / "o"),
@@ -297,7 +300,7 @@ def test_ablation_rows_and_the_tuned_choice_in_the_report(tmp_path, face_zoo):
     # The papers' row is the main table's linear row, computed again by the study.
     assert rows["linear"]["tar"]["0.01"] == pytest.approx(out["summary"]["linear"]["0.01"], abs=1e-12)
     assert all(r["fit_seconds_per_map"] > 0 for name, r in rows.items() if name != "native (B vs B)")
-    assert set(out["fewshot"]["tar"]) == {"linear", "tuned", "tuned:compare"}
+    assert set(out["fewshot"]["tar"]) == {"linear", "tuned", "tuned:compare", "kernel/snorm"}
     # The curve's last point reuses the maps fitted on every pair: the main table's figure.
     assert out["fewshot"]["tar"]["tuned:compare"][-1] == pytest.approx(
         out["summary"]["tuned:compare"]["0.01"], abs=1e-12

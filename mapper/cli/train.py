@@ -88,6 +88,7 @@ class TrainConfig:
     mirror: bool = False  # also fit on each fitting image's mirrored face
     fewshot: bool = True
     fewshot_draw: str = "images"  # how the few-shot curve samples its fitting pairs
+    fewshot_methods: list[str] = field(default_factory=list)  # ablation methods on the curve too
     ablation: list[str] | None = None  # methods of the ablation study ([] = all)
     security: bool = True
     joining: str | None = None  # a model (or "last") that joins a hub of the others
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="few-shot samples: random fitting images (default), or every image of fewer people",
     )
     ap.add_argument(
+        "--fewshot-methods",
+        nargs="+",
+        metavar="METHOD",
+        help="ablation methods (see --ablation) to put on the few-shot curve beside the kinds",
+    )
+    ap.add_argument(
         "--ablation",
         nargs="*",
         metavar="METHOD",
@@ -240,9 +247,10 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     settings.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
     if settings.get("models") == ["all"]:
         settings["models"] = list(registry.load())
-    unknown = set(settings.get("ablation") or ()) - set(ABLATION)
-    if unknown:  # before hours of work, not after
-        raise SystemExit(f"--ablation: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
+    for key in ("ablation", "fewshot_methods"):
+        unknown = set(settings.get(key) or ()) - set(ABLATION)
+        if unknown:  # before hours of work, not after
+            raise SystemExit(f"{key}: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
     if settings.get("mirror") and settings.get("embeddings"):
         raise SystemExit("--mirror embeds mirrored faces, so it needs the images: drop --embeddings")
     if settings.get("fewshot_draw", "images") not in ("images", "people"):
@@ -385,10 +393,12 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             draw=cfg.fewshot_draw,
             mirrored=data.mirrored,
             full_maps=maps,
+            methods=tuple(cfg.fewshot_methods),
         )
         fewshot_plot(curve, out / "fewshot.png")
+        columns = list(curve["tar"])
         rows = "\n".join(
-            f"| {i} | {p} | " + " | ".join(f"{curve['tar'][k][n]:.4f}" for k in kinds) + " |"
+            f"| {i} | {p} | " + " | ".join(f"{curve['tar'][k][n]:.4f}" for k in columns) + " |"
             for n, (i, p) in enumerate(zip(curve["identities"], curve["pairs"], strict=True))
         )
         sections.append(
@@ -401,8 +411,8 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
                     else "sample of the fitting people with 2+ images (all their images)"
                 )
                 + f"; native mean {curve['native']:.4f}.\n\n"
-                "![few-shot curve](fewshot.png)\n\n| identities | pairs | " + " | ".join(kinds) + " |\n"
-                "|---|---|" + "---|" * len(kinds) + "\n" + rows,
+                "![few-shot curve](fewshot.png)\n\n| identities | pairs | " + " | ".join(columns) + " |\n"
+                "|---|---|" + "---|" * len(columns) + "\n" + rows,
             )
         )
         extra["fewshot"] = curve

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,9 +35,11 @@ def fewshot(
     draw: str = "images",
     mirrored: dict[str, np.ndarray] | None = None,
     full_maps: dict[tuple[str, str, str], Any] | None = None,
+    methods: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Mean cross-model TAR@FAR=1e-2 against the number of fitting pairs, per kind in
-    ``kinds`` (``K:compare``: kind K scored as its map records).
+    ``kinds`` (``K:compare``: kind K scored as its map records) and per ablation method in
+    ``methods`` (keys of :data:`ABLATION`).
 
     ``draw="images"``: each point fits on that many fitting images drawn at random (as a
     user would take a sample of their photos); ``"people"``: on every image of that many
@@ -51,6 +53,8 @@ def fewshot(
     """
     if draw not in ("images", "people"):
         raise InvalidInput(f"draw must be 'images' or 'people', got {draw!r}")
+    _check_methods(methods)
+    methods = tuple(m for m in methods if m not in kinds)  # "linear" is both
     unique, counts = np.unique(ids_fit, return_counts=True)
     multi = unique[counts >= 2]
     if draw == "images":
@@ -69,7 +73,7 @@ def fewshot(
         "draw": draw,
         "identities": [],
         "pairs": [],
-        "tar": {kind: [] for kind in kinds},
+        "tar": {kind: [] for kind in (*kinds, *methods)},
     }
     fit_kinds = tuple(dict.fromkeys(k.removesuffix(":compare") for k in kinds))
     native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
@@ -87,14 +91,17 @@ def fewshot(
             emb = {m: np.vstack([e, mirrored[m][chosen]]) for m, e in emb.items()}
             groups = np.concatenate([groups, groups])
         if n is None and full_maps is not None:
-            maps = full_maps
+            maps = dict(full_maps)
         else:
             maps = fit_maps(emb, fit_kinds, groups=groups, progress=False)
-        res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds, fars=(1e-2,), progress=False)
+        scored = _fit_methods(methods, emb, groups, maps)
+        res = cross_model_eval(
+            emb_eval, protocol, maps, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
+        )
         curve["identities"].append(int(np.unique(ids_fit[chosen]).size))
         curve["pairs"].append(int(chosen.sum()))
-        for kind in kinds:
-            curve["tar"][kind].append(res.summary()[kind][1e-2])
+        for key, kind in (*zip(kinds, kinds, strict=True), *zip(methods, scored, strict=True)):
+            curve["tar"][key].append(res.summary()[kind][1e-2])
     return curve
 
 
@@ -132,6 +139,32 @@ ABLATION: dict[str, Callable] = {
 } | {"mlp": _recipe(_mlp, False, None)}
 
 
+def _check_methods(methods: Sequence[str] | None) -> None:
+    unknown = set(methods or ()) - set(ABLATION)
+    if unknown:
+        raise InvalidInput(f"unknown ablation methods {sorted(unknown)}; known: {list(ABLATION)}")
+
+
+def _fit_methods(
+    methods: Sequence[str], emb: dict[str, np.ndarray], groups: np.ndarray, maps: dict
+) -> list[str]:
+    """Fit every ablation method for every ordered pair into ``maps`` (key: the method's
+    name); returns the kind each is evaluated as (``name:compare`` when it records a
+    scoring)."""
+    models = list(emb)
+    kinds = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in methods:
+            for a in models:
+                for b in models:
+                    if a != b:
+                        maps[a, b, name] = ABLATION[name](a, b, emb[a], emb[b], groups)
+            scored = maps[models[0], models[1], name].scoring_ is not None
+            kinds.append(f"{name}:compare" if scored else name)
+    return kinds
+
+
 def ablation(
     emb_fit: dict[str, np.ndarray],
     ids_fit: np.ndarray,
@@ -150,24 +183,17 @@ def ablation(
     scored as they record (Compare). Per method: mean TAR at ``fars`` over ordered pairs, the
     worst pair's gap to its target's native TAR at each FAR, and mean fitting seconds per map.
     """
-    unknown = set(methods or ()) - set(ABLATION)
-    if unknown:
-        raise InvalidInput(f"unknown ablation methods {sorted(unknown)}; known: {list(ABLATION)}")
-    chosen = {k: ABLATION[k] for k in methods} if methods else ABLATION
+    _check_methods(methods)
+    chosen = list(methods or ABLATION)
     models = list(emb_fit)
     pairs = [(a, b) for a in models for b in models if a != b]
     maps: dict[tuple[str, str, str], EmbeddingMap] = {}
     seconds: dict[str, float] = {}
     kinds: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, fitter in tqdm(chosen.items(), desc="ablation: fitting", disable=not progress):
-            t0 = time.perf_counter()
-            for a, b in pairs:
-                maps[a, b, name] = fitter(a, b, emb_fit[a], emb_fit[b], ids_fit)
-            seconds[name] = (time.perf_counter() - t0) / len(pairs)
-            scored = maps[pairs[0][0], pairs[0][1], name].scoring_ is not None
-            kinds.append(f"{name}:compare" if scored else name)
+    for name in tqdm(chosen, desc="ablation: fitting", disable=not progress):
+        t0 = time.perf_counter()
+        kinds += _fit_methods([name], emb_fit, ids_fit, maps)
+        seconds[name] = (time.perf_counter() - t0) / len(pairs)
     if tuned:
         t = float(np.mean([tuned[a, b, "tuned"].fit_info_["selection"]["seconds"] for a, b in pairs]))
         for a, b in pairs:
