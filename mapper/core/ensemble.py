@@ -55,8 +55,6 @@ class EnsembleMap(EmbeddingMap):
         return max(m._min_pairs() for m in self._members())
 
     def _fit_centered(self, Xc: np.ndarray, Yc: np.ndarray, groups: Any) -> dict[str, Any]:
-        if not self.normalize_input or not self.center:
-            raise FitError("EnsembleMap needs centre and normalize_input: its members share them")
         X, Y = Xc + self.source_mean_, Yc + self.target_mean_  # the unit rows the members see
         self.members_ = []
         for m in self._members():
