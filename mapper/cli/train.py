@@ -35,7 +35,13 @@ from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import TRAINABLE
 from mapper.core.maps import EmbeddingMap
 from mapper.datasets.face_zoo import choose_images, face_zoo_dir, identity_of, identity_split
-from mapper.eval.crossmodel import SUMMARY_FARS, CrossModelResults, cross_model_eval, fit_maps
+from mapper.eval.crossmodel import (
+    SUMMARY_FARS,
+    CrossModelResults,
+    cross_model_eval,
+    fit_maps,
+    with_mirrored,
+)
 from mapper.eval.protocols import (
     VerificationProtocol,
     detections_from_landmarks,
@@ -46,6 +52,7 @@ from mapper.eval.protocols import (
 from mapper.eval.report import fewshot_plot, write_report
 from mapper.eval.studies import (
     ABLATION,
+    FEWSHOT_DRAWS,
     ablation,
     ablation_table,
     fewshot,
@@ -127,11 +134,7 @@ class Split:
     def pairs(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """({model: fitting embeddings}, identities): the fitting images, then their
         mirrored faces when there are any (same people, so CV folds keep them together)."""
-        groups = self.ids[self.fit]
-        if self.mirrored is None:
-            return self.fitting, groups
-        views = {m: np.vstack([e, self.mirrored[m]]) for m, e in self.fitting.items()}
-        return views, np.concatenate([groups, groups])
+        return with_mirrored(self.fitting, self.ids[self.fit], self.mirrored)
 
 
 @dataclass
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--fewshot-draw",
-        choices=("images", "people"),
+        choices=FEWSHOT_DRAWS,
         help="few-shot samples: random fitting images (default), or every image of fewer people",
     )
     ap.add_argument(
@@ -253,8 +256,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
             raise SystemExit(f"{key}: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
     if settings.get("mirror") and settings.get("embeddings"):
         raise SystemExit("--mirror embeds mirrored faces, so it needs the images: drop --embeddings")
-    if settings.get("fewshot_draw", "images") not in ("images", "people"):
-        raise SystemExit(f"fewshot_draw must be 'images' or 'people', got {settings['fewshot_draw']!r}")
+    if settings.get("fewshot_draw", "images") not in FEWSHOT_DRAWS:
+        raise SystemExit(f"fewshot_draw must be one of {FEWSHOT_DRAWS}, got {settings['fewshot_draw']!r}")
     return TrainConfig(**settings)
 
 

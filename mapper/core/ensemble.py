@@ -11,18 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 
 from mapper.core.kernel import KernelMap
-from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
-from mapper.core.validation import FitError, check_embeddings, l2_normalize
+from mapper.core.maps import EmbeddingMap, LinearMap, NonlinearMap, RotationMap
+from mapper.core.validation import FitError
 
 #: The classes a member may be (by kind): maps whose state is plain arrays.
 MEMBER_CLASSES: dict[str, type[EmbeddingMap]] = {c.kind: c for c in (LinearMap, RotationMap, KernelMap)}
-_BLOCK = 2048
 
 
-class EnsembleMap(EmbeddingMap):
+class EnsembleMap(NonlinearMap):
     """``y = mean_t + mean_i(s_i * p_i(n(x) - mean_s))`` over fitted ``members``.
 
     ``members`` names kinds of :data:`MEMBER_CLASSES` (default ridge with its CV penalty,
@@ -74,22 +72,6 @@ class EnsembleMap(EmbeddingMap):
             m._scale_residual(s)
         super()._scale_residual(s)
         self.fit_info_ = {**self.fit_info_, "members": self._member_info()}  # their scales changed
-
-    def transform(self, X: Any) -> np.ndarray:
-        """Map (n, d_source) embeddings to (n, d_target) in the target's space (X's dtype)."""
-        check_is_fitted(self, "members_")
-        X = check_embeddings(X, name="X", dim=self.n_features_in_)
-        out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
-        for start in range(0, X.shape[0], _BLOCK):  # bounds a kernel member's (rows, support) block
-            x = X[start : start + _BLOCK]
-            y = self._predict_centered(l2_normalize(x.astype(np.float64)) - self.source_mean_)
-            y += self.target_mean_
-            y[~np.any(x, axis=1)] = 0  # no face: a zero row, as with every map
-            out[start : start + _BLOCK] = l2_normalize(y, copy=False) if self.normalize_output else y
-        return out
-
-    def inverse_transform(self, Y: Any) -> np.ndarray:
-        raise NotImplementedError("an ensemble has no inverse; fit a map in the other direction")
 
     # -- state for map files: each member's tensors under "member<i>." ---------------------
     def _state_tensors(self) -> dict[str, np.ndarray]:

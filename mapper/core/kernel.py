@@ -11,15 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 
-from mapper.core.maps import EmbeddingMap
-from mapper.core.validation import FitError, check_embeddings, l2_normalize
-
-_BLOCK = 2048
+from mapper.core.maps import NonlinearMap
+from mapper.core.validation import FitError
 
 
-class KernelMap(EmbeddingMap):
+class KernelMap(NonlinearMap):
     """``y = mean_t + k(n(x), S) @ coef``, ``k(x, s) = (x . s + 1) ** degree``.
 
     Fitted on normalised pairs: ``S`` (m, d_source) are the fitting inputs, ``coef``
@@ -81,21 +78,6 @@ class KernelMap(EmbeddingMap):
     def _scale_residual(self, s: float) -> None:
         self.coef_ = self.coef_ * s
         super()._scale_residual(s)
-
-    def transform(self, X: Any) -> np.ndarray:
-        """Map (n, d_source) embeddings to (n, d_target) in the target's space (X's dtype)."""
-        check_is_fitted(self, "coef_")
-        X = check_embeddings(X, name="X", dim=self.n_features_in_)
-        out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
-        for start in range(0, X.shape[0], _BLOCK):  # bounds the (rows, n_support) kernel block
-            x = X[start : start + _BLOCK]
-            y = self._predict(l2_normalize(x.astype(np.float64))) + self.target_mean_
-            y[~np.any(x, axis=1)] = 0
-            out[start : start + _BLOCK] = l2_normalize(y, copy=False) if self.normalize_output else y
-        return out
-
-    def inverse_transform(self, Y: Any) -> np.ndarray:
-        raise NotImplementedError("a kernel map has no inverse; fit a map in the other direction")
 
     def _state_tensors(self) -> dict[str, np.ndarray]:
         return {**super()._state_tensors(), "support": self.support_, "coef": self.coef_}

@@ -276,6 +276,34 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._set_bias()
 
 
+class NonlinearMap(EmbeddingMap):
+    """Base for maps that are not one matrix (kernel, ensemble): ``transform`` evaluates
+    :meth:`_predict` on unit rows in blocks of 2,048 rows, which bounds the temporaries
+    (a kernel's (rows, support) matrix). A zero input row (no face) maps to a zero row, as
+    with the affine maps. There is no inverse."""
+
+    _ROWS = 2048
+
+    def _predict(self, Xn: np.ndarray) -> np.ndarray:
+        """The centred prediction for unit rows ``Xn``."""
+        return self._predict_centered(Xn - self.source_mean_)
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Map (n, d_source) embeddings to (n, d_target) in the target's space (X's dtype)."""
+        check_is_fitted(self)
+        X = check_embeddings(X, name="X", dim=self.n_features_in_)
+        out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
+        for start in range(0, X.shape[0], self._ROWS):
+            x = X[start : start + self._ROWS]
+            y = self._predict(l2_normalize(x.astype(np.float64))) + self.target_mean_
+            y[~np.any(x, axis=1)] = 0
+            out[start : start + self._ROWS] = l2_normalize(y, copy=False) if self.normalize_output else y
+        return out
+
+    def inverse_transform(self, Y: Any) -> np.ndarray:
+        raise NotImplementedError(f"a {self.kind} map has no inverse; fit a map in the other direction")
+
+
 class LinearMap(EmbeddingMap):
     """Ridge-regression map (the papers' linear map); d_source may differ from d_target.
 

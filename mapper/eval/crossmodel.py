@@ -33,6 +33,17 @@ SUMMARY_FARS = (1e-2, 1e-3, 1e-4)
 CURVE_FARS = np.logspace(-6, 0, 61)
 
 
+def with_mirrored(
+    emb: dict[str, np.ndarray], groups: np.ndarray, mirrored: dict[str, np.ndarray] | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fitting pairs with the mirrored faces' rows (row for row with ``emb``) appended under
+    the same identities, so CV folds keep an image and its mirror together; as given when
+    ``mirrored`` is None."""
+    if mirrored is None:
+        return emb, groups
+    return {m: np.vstack([e, mirrored[m]]) for m, e in emb.items()}, np.concatenate([groups, groups])
+
+
 def fit_maps(
     embeddings: Mapping[str, np.ndarray],
     kinds: tuple[str, ...] = ("linear", "rotation", "hub"),

@@ -18,10 +18,13 @@ from mapper.core.maps import EmbeddingMap
 from mapper.core.selection import DEFAULT_RECIPES, attach_scoring
 from mapper.core.validation import l2_normalize
 from mapper.errors import InvalidInput
-from mapper.eval.crossmodel import cross_model_eval, fit_maps
+from mapper.eval.crossmodel import cross_model_eval, fit_maps, with_mirrored
 from mapper.eval.metrics import evaluate
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.report import short
+
+#: How the few-shot curve samples its fitting pairs (see :func:`fewshot`).
+FEWSHOT_DRAWS = ("images", "people")
 
 
 def fewshot(
@@ -51,8 +54,8 @@ def fewshot(
     Evaluated on every genuine pair and at most 1,000,000 impostor pairs of the protocol
     (plenty for FAR 1e-2), so the curve costs a few seconds per point at any scale.
     """
-    if draw not in ("images", "people"):
-        raise InvalidInput(f"draw must be 'images' or 'people', got {draw!r}")
+    if draw not in FEWSHOT_DRAWS:
+        raise InvalidInput(f"draw must be one of {FEWSHOT_DRAWS}, got {draw!r}")
     _check_methods(methods)
     methods = tuple(m for m in methods if m not in kinds)  # "linear" is both
     unique, counts = np.unique(ids_fit, return_counts=True)
@@ -86,10 +89,11 @@ def fewshot(
             chosen[rng.choice(ids_fit.size, n, replace=False)] = True
         else:
             chosen = np.isin(ids_fit, rng.choice(multi, n, replace=False))
-        emb, groups = {m: e[chosen] for m, e in emb_fit.items()}, ids_fit[chosen]
-        if mirrored is not None:
-            emb = {m: np.vstack([e, mirrored[m][chosen]]) for m, e in emb.items()}
-            groups = np.concatenate([groups, groups])
+        emb, groups = with_mirrored(
+            {m: e[chosen] for m, e in emb_fit.items()},
+            ids_fit[chosen],
+            None if mirrored is None else {m: e[chosen] for m, e in mirrored.items()},
+        )
         if n is None and full_maps is not None:
             maps = dict(full_maps)
         else:
