@@ -225,7 +225,7 @@ def test_published_files_are_validated_and_bad_ones_change_nothing(server):
             ensemble, edit_tensors=lambda t: t.__setitem__("member1.weight", np.zeros((16, 5)))
         ),
         "scoring tensors that do not fit the target": forge(
-            scored, edit_tensors=lambda t: t.__setitem__("score.cohort_native", np.zeros((3, 5)))
+            scored, edit_tensors=lambda t: t.__setitem__("score.cov_native", np.zeros((3, 5)))
         ),
     }
     with server.client(admin_token=TOKEN) as c:

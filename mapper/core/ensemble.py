@@ -73,15 +73,17 @@ class EnsembleMap(NonlinearMap):
         super()._scale_residual(s)
         self.fit_info_ = {**self.fit_info_, "members": self._member_info()}  # their scales changed
 
-    # -- state for map files: each member's tensors under "member<i>." ---------------------
+    # -- state for map files: each member's tensors under "member<i>." (weights as float32) --
     def _state_tensors(self) -> dict[str, np.ndarray]:
         tensors = super()._state_tensors()
         for i, m in enumerate(self.members_):
-            tensors |= {f"member{i}.{k}": v for k, v in m._state_tensors().items()}
+            tensors |= {
+                f"member{i}.{k}": v.astype(np.float32) if k == "weight" else v
+                for k, v in m._state_tensors().items()
+            }
         return tensors
 
     def _load_state(self, tensors: dict[str, np.ndarray], fit_info: dict[str, Any]) -> None:
-        super()._load_state(tensors, fit_info)
         self.members_ = []
         for i, info in enumerate(fit_info["members"]):
             cls = MEMBER_CLASSES.get(info["kind"])
@@ -91,6 +93,10 @@ class EnsembleMap(NonlinearMap):
             own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
             m = cls(normalize_output=False)
             m._load_state(own, info)
-            if (m.n_features_in_, m.n_features_out_) != self.weight_.shape:
-                raise ValueError(f"ensemble member {i} is {m.weight_.shape}, the map {self.weight_.shape}")
+            if i and m.weight_.shape != self.members_[0].weight_.shape:
+                raise ValueError(f"ensemble member {i} is {m.weight_.shape}, member 0 another shape")
             self.members_.append(m)
+        if not self.members_:
+            raise ValueError("an ensemble map file without members")
+        weight = np.mean([m.weight_ for m in self.members_], axis=0)
+        super()._load_state({**tensors, "weight": weight}, fit_info)

@@ -204,12 +204,6 @@ def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: st
     if cls is None or entry["kind"] not in (cls.kind, *LABELS):
         raise MapFileError(f"{source}: unknown map kind {entry['kind']!r} / class {entry.get('class')!r}")
     own = {name: tensors[entry["prefix"] + name] for name in entry["tensors"]}
-    weight = own["weight"]
-    if weight.shape != (entry["d_source"], entry["d_target"]):
-        raise MapFileError(
-            f"{source}: weight shape {weight.shape} does not match the stated dimensions "
-            f"({entry['d_source']}, {entry['d_target']})"
-        )
     params = dict(entry["params"])
     for key, value in params.items():
         if isinstance(value, list):
@@ -217,6 +211,11 @@ def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: st
     m = cls(**params)
     m.kind = entry["kind"]
     m._load_state(own, entry["fit_info"])
+    if (m.n_features_in_, m.n_features_out_) != (entry["d_source"], entry["d_target"]):
+        raise MapFileError(
+            f"{source}: the map's tensors are {m.n_features_in_} -> {m.n_features_out_}-d, not the "
+            f"stated {entry['d_source']} -> {entry['d_target']}"
+        )
     m.transform(np.zeros((1, m.n_features_in_), np.float32))  # every tensor fits the others
     return m
 

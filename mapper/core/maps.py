@@ -303,6 +303,12 @@ class NonlinearMap(EmbeddingMap):
     def inverse_transform(self, Y: Any) -> np.ndarray:
         raise NotImplementedError(f"a {self.kind} map has no inverse; fit a map in the other direction")
 
+    def _state_tensors(self) -> dict[str, np.ndarray]:
+        # weight_ is derived from the map's own tensors: files do not repeat it.
+        tensors = super()._state_tensors()
+        del tensors["weight"]
+        return tensors
+
 
 class LinearMap(EmbeddingMap):
     """Ridge-regression map (the papers' linear map); d_source may differ from d_target.
