@@ -2,8 +2,12 @@
 # on a GPU host it runs beside Triton (see deploy/docker-compose.yml).
 #   docker build -t face-mapper .
 #   docker run -p 50051:50051 -p 9100:9100 -v maps:/data \
-#     -v /srv/admin.token:/run/secrets/admin_token:ro -e MAPPER_ADMIN_TOKEN_FILE=/run/secrets/admin_token face-mapper
-# Safe by default: with no admin token file (or mutual TLS) the service refuses admin calls.
+#     -v /srv/admin.token:/run/secrets/admin_token:ro -e MAPPER_ADMIN_TOKEN_FILE=/run/secrets/admin_token \
+#     -v /srv/client.tokens:/run/secrets/client_tokens:ro face-mapper
+# Safe by default: with no admin token file (or mutual TLS) the service refuses admin calls,
+# and only clients listed in /run/secrets/client_tokens ("name token [client|reader]" lines)
+# may call it at all; the service refuses to start without that file (templates are
+# biometric data, and Translate turns one model's templates into another's).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MAPPER_HOST=0.0.0.0 \
     MAPPER_PORT=50051 \
     MAPPER_METRICS_PORT=9100 \
-    MAPPER_STORE=/data/maps.sqlite
+    MAPPER_STORE=/data/maps.sqlite \
+    MAPPER_CLIENT_TOKENS_FILE=/run/secrets/client_tokens
 
 WORKDIR /app
 # torch is an extra for training (mapper-train, MLP maps); the service does not import it.
@@ -28,6 +33,7 @@ RUN pip install --no-cache-dir ".[postgres]" \
 USER 10001
 VOLUME /data
 EXPOSE 50051 9100
+# Health stays open to probes without a credential.
 HEALTHCHECK --interval=10s --timeout=3s \
     CMD ["python", "-c", "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2)"]
 ENTRYPOINT ["mapper-serve"]

@@ -21,6 +21,9 @@ HELP = {
     "admin_token_file": "file holding the admin token (takes precedence over --admin-token)",
     "open_admin": "allow admin calls from ANYONE when no token or mTLS is set (loopback tests only; "
     "without a token, mTLS or this flag admin calls are refused)",
+    "client_tokens_file": "file of client credentials, one 'name token [client|reader]' per line: every "
+    "call then needs 'authorization: Bearer <token>' (a client's or the admin's); role reader may also "
+    "download map files (GetMapping include_file)",
     "tls_cert": "PEM server certificate (enables TLS)",
     "tls_key": "PEM server private key",
     "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",

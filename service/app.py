@@ -27,7 +27,7 @@ from mapper.triton.embedding import face_embedder
 
 from . import metrics
 from .gen import mapper_pb2_grpc as pb_grpc
-from .interceptors import SERVICE_NAME, AdminPolicy, ServiceInterceptor
+from .interceptors import SERVICE_NAME, AdminPolicy, ServiceInterceptor, read_client_tokens
 from .servicer import MapperServicer
 
 log = logging.getLogger("mapper.service")
@@ -48,6 +48,7 @@ class ServiceConfig:
     admin_token: str | None = None
     admin_token_file: str | None = None
     open_admin: bool = False
+    client_tokens_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -92,7 +93,15 @@ def admin_policy(cfg: ServiceConfig) -> AdminPolicy:
     """From the token file, else the token (flag or MAPPER_ADMIN_TOKEN), mutual TLS, or the
     explicit --open-admin; warns loudly when admin calls are open to anyone."""
     token = Path(cfg.admin_token_file).read_text().strip() if cfg.admin_token_file else cfg.admin_token
-    policy = AdminPolicy(token=token or None, mtls=bool(cfg.tls_client_ca), open=cfg.open_admin)
+    clients = None
+    if cfg.client_tokens_file:
+        try:
+            clients = read_client_tokens(cfg.client_tokens_file)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--client-tokens-file: {e}") from e
+    policy = AdminPolicy(
+        token=token or None, mtls=bool(cfg.tls_client_ca), open=cfg.open_admin, clients=clients
+    )
     if policy.open and not (policy.token or policy.mtls):
         log.warning(
             json.dumps(

@@ -34,6 +34,7 @@ class MapperClient:
         client_cert: bytes | None = None,
         client_key: bytes | None = None,
         admin_token: str | None = None,
+        token: str | None = None,
         timeout: float = 30.0,
         max_message_mb: int = 256,
     ) -> None:
@@ -49,6 +50,9 @@ class MapperClient:
         self.stub = pb_grpc.MapperServiceStub(self.channel)
         self.timeout = timeout
         self._admin = [("authorization", f"Bearer {admin_token}")] if admin_token else []
+        # A client token (--client-tokens-file on the server) goes with every call; admin
+        # calls and map-file downloads send the admin token when there is one.
+        self._auth = [("authorization", f"Bearer {token}")] if token else self._admin
 
     def close(self) -> None:
         self.channel.close()
@@ -74,6 +78,7 @@ class MapperClient:
                 embeddings=convert.from_array(embeddings),
             ),
             timeout=self.timeout,
+            metadata=self._auth,
         )
         return convert.to_array(reply.embeddings), convert.ref_from_pb(reply.map)
 
@@ -91,7 +96,7 @@ class MapperClient:
             )
             for i, b in enumerate(batches)
         )
-        for reply in self.stub.TranslateStream(requests):
+        for reply in self.stub.TranslateStream(requests, metadata=self._auth):
             yield convert.to_array(reply.embeddings), convert.ref_from_pb(reply.map)
 
     def compare(
@@ -107,6 +112,7 @@ class MapperClient:
                 far=far,
             ),
             timeout=self.timeout,
+            metadata=self._auth,
         )
         return Comparison(
             scores=np.asarray(reply.scores, np.float32),
@@ -118,19 +124,21 @@ class MapperClient:
         )
 
     def list_models(self) -> dict[str, int]:
-        reply = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        reply = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self._auth)
         return {m.name: m.dim for m in reply.models}
 
     def list_mappings(
         self, source: str = "", target: str = "", all_versions: bool = False
     ) -> list[pb.MapInfo]:
         req = pb.ListMappingsRequest(source_model=source, target_model=target, all_versions=all_versions)
-        return list(self.stub.ListMappings(req, timeout=self.timeout).maps)
+        return list(self.stub.ListMappings(req, timeout=self.timeout, metadata=self._auth).maps)
 
     def get_mapping(self, map_id: str, version: int = 0) -> tuple[pb.MapInfo, mapfile.MapObject]:
         """The stored map file, verified and loaded, with its info."""
         reply = self.stub.GetMapping(
-            pb.GetMappingRequest(map_id=map_id, version=version, include_file=True), timeout=self.timeout
+            pb.GetMappingRequest(map_id=map_id, version=version, include_file=True),
+            timeout=self.timeout,
+            metadata=self._admin or self._auth,
         )
         return reply.info, mapfile.loads(reply.map_file, f"{map_id} v{reply.info.ref.version}")
 
@@ -145,13 +153,13 @@ class MapperClient:
         else:
             data = mapfile.dumps(obj, json.loads(json.dumps(provenance)) if provenance else None)
         reply = self.stub.PutMapping(
-            pb.PutMappingRequest(map_file=data), timeout=self.timeout, metadata=self._admin
+            pb.PutMappingRequest(map_file=data), timeout=self.timeout, metadata=self._admin or self._auth
         )
         return reply.info
 
     def delete_mapping(self, map_id: str) -> int:
         reply = self.stub.DeleteMapping(
-            pb.DeleteMappingRequest(map_id=map_id), timeout=self.timeout, metadata=self._admin
+            pb.DeleteMappingRequest(map_id=map_id), timeout=self.timeout, metadata=self._admin or self._auth
         )
         return reply.versions_deleted
 
@@ -159,6 +167,6 @@ class MapperClient:
         reply = self.stub.RollbackMapping(
             pb.RollbackMappingRequest(map_id=map_id, version=version),
             timeout=self.timeout,
-            metadata=self._admin,
+            metadata=self._admin or self._auth,
         )
         return reply.info

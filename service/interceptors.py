@@ -28,36 +28,101 @@ MAX_DETAILS = 512
 
 
 class Unauthenticated(Exception):
-    """An admin call without the right token (UNAUTHENTICATED)."""
+    """A call without the credential it needs (UNAUTHENTICATED)."""
 
 
 class AdminDisabled(Exception):
-    """An admin call to a server with no admin credentials configured (PERMISSION_DENIED)."""
+    """A call its credential does not allow, or an admin call to a server with no admin
+    credentials configured (PERMISSION_DENIED)."""
+
+
+def _bearer(context: grpc.ServicerContext) -> str:
+    return dict(context.invocation_metadata()).get("authorization", "")
+
+
+def _matches(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 @dataclass(frozen=True)
 class AdminPolicy:
-    """Who may call PutMapping, DeleteMapping and RollbackMapping.
+    """Who may call what.
 
-    ``token``: callers send ``authorization: Bearer <token>``. ``mtls``: every caller already
-    showed a client certificate the server verified. ``open``: anyone (an explicit choice,
-    for a loopback-only test server). With none of them admin calls are refused.
+    Admin calls (PutMapping, DeleteMapping, RollbackMapping) and map-file downloads
+    (GetMapping with ``include_file``): ``token``: callers send ``authorization: Bearer
+    <token>``; ``mtls``: every caller already showed a client certificate the server
+    verified; ``open``: anyone (an explicit choice, for a loopback-only test server). With
+    none of them they are refused.
+
+    ``clients``: {token: (client name, role)} from ``--client-tokens-file``. When given,
+    every MapperService call needs a client token or the admin token (UNAUTHENTICATED
+    otherwise), so that only known clients translate or compare; role ``reader`` may also
+    download map files. Health and reflection stay open (load balancers probe them).
     """
 
     token: str | None = None
     mtls: bool = False
     open: bool = False
+    clients: dict[str, tuple[str, str]] | None = None
+
+    def _admin(self, given: str) -> bool:
+        return bool(self.token) and _matches(given, self.token)  # type: ignore[arg-type]
+
+    def _client(self, given: str) -> tuple[str, str] | None:
+        return next((who for t, who in (self.clients or {}).items() if _matches(given, t)), None)
 
     def check(self, context: grpc.ServicerContext) -> None:
+        """For admin calls."""
         if self.token:
-            given = dict(context.invocation_metadata()).get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            if not self._admin(_bearer(context)):
                 raise Unauthenticated("admin call needs metadata 'authorization: Bearer <admin token>'")
         elif not (self.mtls or self.open):
             raise AdminDisabled(
                 "admin calls are disabled on this server: start it with an admin token "
                 "(--admin-token-file or MAPPER_ADMIN_TOKEN) or mutual TLS (--tls-client-ca)"
             )
+
+    def check_client(self, context: grpc.ServicerContext) -> None:
+        """For every MapperService call, when client tokens are configured."""
+        if self.clients is None:
+            return
+        given = _bearer(context)
+        if not (self._admin(given) or self._client(given)):
+            raise Unauthenticated(
+                "this server serves known clients only: send metadata 'authorization: Bearer <client token>'"
+            )
+
+    def check_reader(self, context: grpc.ServicerContext) -> None:
+        """For downloading a map file: the admin credential, or a client token of role reader."""
+        given = _bearer(context)
+        who = self._client(given)
+        if who is not None and who[1] == "reader":
+            return
+        if self._admin(given) or (not self.token and (self.mtls or self.open)):
+            return
+        raise AdminDisabled(
+            "a map file turns one model's templates into another's: downloading it (include_file) "
+            "needs the admin token or a client token of role 'reader'"
+        )
+
+
+def read_client_tokens(path: str) -> dict[str, tuple[str, str]]:
+    """{token: (name, role)} from a file of lines ``name token [client|reader]`` (``#``
+    comments and blank lines skipped); ValueError naming the line if one is malformed."""
+    clients: dict[str, tuple[str, str]] = {}
+    for number, line in enumerate(open(path, encoding="utf-8").read().splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        role = fields[2] if len(fields) == 3 else "client"
+        if len(fields) not in (2, 3) or role not in ("client", "reader") or len(fields[1]) < 16:
+            raise ValueError(
+                f"{path}:{number}: expected 'name token [client|reader]' with a token of 16+ characters"
+            )
+        clients[fields[1]] = (fields[0], role)
+    if not clients:
+        raise ValueError(f"{path}: no client tokens: every call would be refused")
+    return clients
 
 
 #: Only the library's own error types (and the service's) have a status; anything else is
@@ -127,15 +192,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self, name: str, behaviour: Callable[..., Any], parse: Callable[[bytes], Any]
     ) -> Callable[..., Any]:
         admin = name in ADMIN_METHODS
+        download = name == "GetMapping"
         # Children bound once: a labels() lookup per call costs more than the count itself.
         ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
 
         def call(raw: bytes, context: grpc.ServicerContext) -> Any:
             t0 = time.perf_counter()
             try:
+                self.admin.check_client(context)
                 request = parse(raw)
                 if admin:
                     self.admin.check(context)
+                elif download and request.include_file:
+                    self.admin.check_reader(context)
                 reply = behaviour(request, context)
                 ok.inc()
                 return reply
@@ -155,6 +224,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             t0 = time.perf_counter()
             count = 0
             try:
+                self.admin.check_client(context)
                 parsed = (parse(raw) for raw in requests)
                 for count, reply in enumerate(behaviour(parsed, context), 1):  # noqa: B007
                     yield reply

@@ -148,3 +148,101 @@ def test_sigterm_drains_in_flight_calls(tmp_path, store):
     started = [r for r in results if r == (60000, 8)]
     assert started, "calls in flight at SIGTERM must complete"
     assert '"event": "stopped"' in srv.log.read_text()
+
+
+# -- who may read what (issue 20): a map file is an attack tool, templates are biometric ----
+ADMIN = "admin-token-0123456789"
+READER, CLIENT = "reader-token-0123456789", "client-token-0123456789"
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_map_files_need_the_admin_or_a_reader_credential(tmp_path, store):
+    (tmp_path / "admin.token").write_text(ADMIN)
+    (tmp_path / "clients").write_text(f"# name token role\nscanner {READER} reader\n")
+    srv = start_server(
+        tmp_path,
+        store,
+        "--admin-token-file",
+        str(tmp_path / "admin.token"),
+        "--client-tokens-file",
+        str(tmp_path / "clients"),
+    )
+    try:
+        with srv.client(token=READER) as c:
+            _, m = c.get_mapping("a->b:rotation")
+            assert m.n_features_out_ == 8
+        with srv.client(admin_token=ADMIN) as c:
+            assert c.get_mapping("a->b:rotation")[1].n_features_in_ == 8
+        srv.stop()
+        # Without client tokens, anyone may list and translate, but a download needs the admin.
+        srv = start_server(tmp_path, store, "--admin-token-file", str(tmp_path / "admin.token"))
+        with srv.client() as c:
+            assert [m.ref.map_id for m in c.list_mappings()] == ["a->b:rotation"]
+            assert _code(lambda: c.get_mapping("a->b:rotation")) == grpc.StatusCode.PERMISSION_DENIED
+        with srv.client(token="wrong-token-0123456789") as c:
+            assert _code(lambda: c.get_mapping("a->b:rotation")) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        srv.stop()
+
+
+def test_client_tokens_admit_known_clients_only(tmp_path, store):
+    (tmp_path / "clients").write_text(f"gate {CLIENT}\nscanner {READER} reader\n")
+    srv = start_server(tmp_path, store, "--client-tokens-file", str(tmp_path / "clients"))
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    try:
+        with srv.client(token=CLIENT) as c:
+            assert c.translate(x, "a", "b")[0].shape == (3, 8)
+            assert c.compare(x, "a", x, "b").scores.shape == (3,)
+            assert list(c.translate_stream([x, x], "a", "b"))[1][0].shape == (3, 8)
+            # a client token is not a reader's: no map file
+            assert _code(lambda: c.get_mapping("a->b:rotation")) == grpc.StatusCode.PERMISSION_DENIED
+        for anonymous in (srv.client(), srv.client(token="not-a-known-token-000")):
+            with anonymous as c:
+                assert _code(lambda: c.translate(x, "a", "b")) == grpc.StatusCode.UNAUTHENTICATED
+                assert _code(lambda: c.list_models()) == grpc.StatusCode.UNAUTHENTICATED
+                assert (
+                    _code(lambda: list(c.translate_stream([x], "a", "b"))) == grpc.StatusCode.UNAUTHENTICATED
+                )
+        # Load balancers still probe health without a credential.
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(srv.address) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no client tokens"),
+        ("gate short\n", "token of 16"),
+        (f"gate {CLIENT} root\n", "client|reader"),
+    ],
+)
+def test_a_bad_client_tokens_file_refuses_to_start(tmp_path, store, content, message):
+    (tmp_path / "clients").write_text(content)
+    with pytest.raises(RuntimeError, match=message):
+        start_server(tmp_path, store, "--client-tokens-file", str(tmp_path / "clients"), timeout=20)
+
+
+def test_the_image_and_the_compose_files_admit_known_clients_only():
+    """What a deployment runs: the Docker image and both compose files set the client
+    tokens from a secret file (the server refuses to start without it: tested above)."""
+    import yaml
+
+    from .servers import ROOT
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "MAPPER_CLIENT_TOKENS_FILE=/run/secrets/client_tokens" in dockerfile
+    for name in ("docker-compose.yml", "docker-compose.replicas.yml"):
+        compose = yaml.safe_load((ROOT / "deploy" / name).read_text())
+        service = next(s for n, s in compose["services"].items() if n.startswith("mapper"))
+        assert service["environment"]["MAPPER_CLIENT_TOKENS_FILE"] == "/run/secrets/client_tokens", name
+        assert "client_tokens" in service["secrets"] and "client_tokens" in compose["secrets"], name

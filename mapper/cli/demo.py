@@ -67,7 +67,7 @@ def try_the_service(address: str) -> None:
         print(
             f"Compare: SFace template of {people[0]} against dlib templates with {cmp.map.map_id}, scored "
             f"{cmp.scoring}, decision at FAR 1e-3 (threshold {cmp.threshold:.3f}, calibrated on the "
-            "fitting people):"
+            "fitting people, out of fold):"
         )
         for other, score, same in zip((people[1], people[2]), cmp.scores, cmp.same, strict=True):
             print(f"  vs {other:<28} score {score:.3f} -> {'same person' if same else 'different people'}")

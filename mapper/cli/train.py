@@ -31,6 +31,7 @@ import numpy as np
 
 from mapper import __version__
 from mapper.core import mapfile
+from mapper.core.calibration import Calibration
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import TRAINABLE
 from mapper.core.maps import EmbeddingMap
@@ -61,7 +62,7 @@ from mapper.eval.studies import (
     vendor_joins,
     vendor_table,
 )
-from mapper.eval.thresholds import calibrate
+from mapper.eval.thresholds import CALIBRATION_FOLDS, calibrate, far_check, far_table, native_thresholds
 from mapper.faces import registry
 from mapper.faces.cache import EmbeddingCache, embed_images
 from mapper.triton.embedding import face_embedder
@@ -460,23 +461,54 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     return sections, extra
 
 
+def calibrate_maps(data: Split, maps: dict) -> dict[tuple[str, str, str], Calibration]:
+    """{(A, B, kind): Compare's thresholds} from out-of-fold scores of the fitting people
+    (hub legs are served through the hub space, which makes no decisions)."""
+    ids = data.ids[data.fit]
+    return {
+        (a, b, kind): calibrate(m, data.fitting[a], data.fitting[b], ids)
+        for (a, b, kind), m in maps.items()
+        if kind != "hub"
+    }
+
+
 def map_files(
-    data: Split, maps: dict, hub: CanonicalSpace | None, provenance: dict[str, Any]
+    maps: dict,
+    hub: CanonicalSpace | None,
+    calibrations: dict[tuple[str, str, str], Calibration],
+    provenance: dict[str, Any],
 ) -> dict[str, bytes]:
-    """{file name: map-file bytes}, each direct map with thresholds calibrated on (at most
-    2,000) fitting images; serialised once, then written and published as is."""
-    sub = np.flatnonzero(data.fit)[:2000]
+    """{file name: map-file bytes}, each direct map with its calibration; serialised once,
+    then written and published as is."""
     files = {}
     for (a, b, kind), m in maps.items():
-        if kind == "hub":
-            continue  # served through the hub space itself
-        calibration = calibrate(m, data.embeddings[a][sub], data.embeddings[b][sub], data.ids[sub])
+        if (a, b, kind) not in calibrations:
+            continue
+        calibration = calibrations[a, b, kind]
         files[f"{a}__{b}.{kind}.safetensors"] = mapfile.dumps(
-            m, {**provenance, calibration.PROVENANCE_KEY: calibration.to_dict()}
+            m,
+            {
+                **provenance,
+                calibration.PROVENANCE_KEY: calibration.to_dict(),
+                "calibration_method": f"out-of-fold scores, {CALIBRATION_FOLDS} identity-disjoint folds "
+                "of the fitting people",
+            },
         )
     if hub is not None:
         files["hub.safetensors"] = mapfile.dumps(hub, provenance)
     return files
+
+
+def far_section(check: dict) -> str:
+    return (
+        'Compare decides "same" when its score reaches the map\'s threshold for the requested FAR. '
+        "Thresholds are calibrated on out-of-fold scores of the fitting people (each fold's map never "
+        "saw the people it scores); here they are applied to all pairs of the evaluation people, "
+        "whom no map saw. Ratio = measured FAR / promised FAR (1 is exact). `<kind>:translate`: "
+        "Translate's output under a plain cosine at the target model's own thresholds (set on "
+        "the fitting people), what a vendor's matcher does with a migrated gallery; `native`: "
+        "the target's own templates at those thresholds.\n\n" + far_table(check)
+    )
 
 
 def write(out: Path, files: dict[str, bytes]) -> None:
@@ -560,7 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
     }
-    files = map_files(data, maps, hub, provenance)
+    calibrations = calibrate_maps(data, maps)
+    if not cfg.ijbc:  # the FARs the thresholds promise, measured on the evaluation people
+        fit_ids = data.ids[data.fit]
+        native = {b: native_thresholds(data.fitting[b], fit_ids) for b in cfg.models}
+        check = far_check(maps, calibrations, native, ev.embeddings, data.ids[~data.fit])
+        sections.append(("Decisions at the promised FAR, on people never seen", far_section(check)))
+        extra["far_check"] = check
+    files = map_files(maps, hub, calibrations, provenance)
     write(out, files)
     published = publish(cfg, list(files.values()), log) if cfg.store or cfg.publish else []
 
