@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 from sklearn.covariance import ledoit_wolf
 
 from mapper.core.maps import NonlinearMap
@@ -87,7 +88,8 @@ class KernelMap(NonlinearMap):
                 "need alpha > 0, an integer degree >= 1 and n_landmarks >= 1, got "
                 f"{self.alpha}, {self.degree}, {self.n_landmarks}"
             )
-        m = max(1, min(int(self.n_landmarks), MAX_COEFFICIENTS // Yc.shape[1]))
+        # More landmarks than pairs add cost, not capacity.
+        m = max(1, min(int(self.n_landmarks), len(Xc), MAX_COEFFICIENTS // Yc.shape[1]))
         cov, _ = ledoit_wolf(Xc, assume_centered=True)
         self.landmark_factor_ = np.linalg.cholesky(cov + 1e-9 * np.trace(cov) * np.eye(len(cov))).astype(
             np.float32
@@ -96,7 +98,7 @@ class KernelMap(NonlinearMap):
         Phi = self._kernel(Xc + self.source_mean_, Z)  # the kernel sees the unit rows
         A = Phi.T @ Phi + self.alpha * self._kernel(Z, Z)
         A[np.diag_indices_from(A)] += 1e-9 * np.trace(A) / m
-        self.coef_ = np.linalg.solve(A, Phi.T @ Yc)
+        self.coef_ = scipy.linalg.solve(A, Phi.T @ Yc, assume_a="pos", overwrite_a=True)
         self._landmarks_ = Z
         self.weight_ = self.degree * Z.T @ self.coef_
         return {"degree": int(self.degree), "alpha": float(self.alpha), "n_landmarks": m}
