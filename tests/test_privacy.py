@@ -1,0 +1,212 @@
+"""No enrolled person's template in any map file (issue 20), on real faces.
+
+A map file travels to every replica, the store, backups and clients of GetMapping. Each
+kind is fitted on real LFW embeddings of the fitting people, and every row of every tensor
+in its file (rows of the source's or the target's dimension, the metadata too) is checked
+against every fitting template and every template of people never used:
+
+- near-copies: no stored row is distinctly closer to a fitting template than to the
+  closest template of the unseen people (raw and centred cosines);
+- membership: an attacker who holds only the file and scores each person by the best
+  cosine between that person's templates and anything stored cannot tell fitting people
+  from unseen ones (ROC AUC at most 0.55).
+
+Before this issue a kernel map stored its fitting inputs and S-norm its fitting people's
+templates: both tests fail on such a file (the last test shows it).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as load_tensors
+from sklearn.metrics import roc_auc_score
+
+from mapper.core import mapfile
+from mapper.core.ensemble import EnsembleMap
+from mapper.core.hub import CanonicalSpace
+from mapper.core.kernel import KernelMap
+from mapper.core.maps import LinearMap, RotationMap
+from mapper.core.selection import attach_scoring
+from mapper.datasets.face_zoo import choose_images, identity_of, identity_split
+
+SFACE, REID = "sface-2021dec-int8bq", "face-reid-retail-0095"
+#: A stored row "nearly is" a fitting template when its cosine with one is at least
+#: NEAR_COSINE and exceeds its best cosine with any unseen template by NEAR_MARGIN. (Below
+#: that, maxima over a few hundred templates differ by chance: the membership test covers it.)
+NEAR_COSINE, NEAR_MARGIN = 0.8, 0.05
+MAX_AUC = 0.55
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@pytest.fixture(scope="module")
+def people(lfw_embeddings):
+    """mapper-train --full's split: all 7,701 LFW images, 3,865 of 2,140 people fit the maps.
+    (With 334 fitting images of 92 people even the maps' mean vectors leak membership,
+    AUC 0.66-0.72: README, "Threat model".)"""
+    all_names = [str(n) for n in lfw_embeddings["names"]]
+    names = choose_images(sorted(all_names), None, 0)
+    index = {n: i for i, n in enumerate(all_names)}
+    rows = [index[n] for n in names]
+    emb = {m: lfw_embeddings[m][rows].astype(np.float32) for m in (SFACE, REID)}
+    ids = np.array([identity_of(n) for n in names])
+    fit = identity_split(np.array(names), 0.5, 0)
+    return emb, ids, fit
+
+
+def _scored(recipe_map):
+    def make(X, Y, g):
+        m = recipe_map()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.fit(X, Y, groups=g).rescale_residual(X, Y)
+        return attach_scoring(m, "snorm", X, Y)
+
+    return make
+
+
+KINDS = {
+    "linear": _scored(lambda: LinearMap(source_id=SFACE, target_id=REID)),
+    "rotation": _scored(lambda: RotationMap(source_id=SFACE, target_id=REID)),
+    "kernel": _scored(lambda: KernelMap(source_id=SFACE, target_id=REID)),
+    "ensemble": _scored(lambda: EnsembleMap(source_id=SFACE, target_id=REID)),
+}
+
+
+def file_rows(blob: bytes, dims: set[int]) -> list[np.ndarray]:
+    """Every row of every tensor of a map file whose length is one of ``dims`` (along
+    either axis), and every list of that many numbers in its metadata: what anyone holding
+    the file holds."""
+    rows = []
+    for t in load_tensors(blob).values():
+        t = np.atleast_2d(np.asarray(t, np.float64))
+        rows += [t] if t.shape[1] in dims else []
+        rows += [t.T] if t.shape[0] in dims else []
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            if len(value) in dims and all(isinstance(v, int | float) for v in value):
+                rows.append(np.asarray([value], np.float64))
+            for v in value:
+                walk(v)
+
+    walk(mapfile.read_metadata(blob))
+    return rows
+
+
+def best_cosines(rows: list[np.ndarray], templates: np.ndarray, center: np.ndarray | None) -> np.ndarray:
+    """(n_rows,) each stored row's highest cosine with ``templates`` (same dimension),
+    raw or after subtracting ``center`` from both (zero rows skipped)."""
+    out = []
+    for R in rows:
+        if R.shape[1] != templates.shape[1]:
+            continue
+        T = unit(templates.astype(np.float64))
+        if center is not None:
+            R, T = R - center, T - center
+        R = R[np.linalg.norm(R, axis=1) > 1e-9]
+        if len(R):
+            out.append((unit(R) @ unit(T).T).max(axis=1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def person_scores(rows: list[np.ndarray], templates: np.ndarray, ids: np.ndarray, center) -> dict[str, float]:
+    """{person: the best cosine between any of their templates and any stored row}."""
+    per_template = []
+    for R in rows:
+        if R.shape[1] != templates.shape[1]:
+            continue
+        T = unit(templates.astype(np.float64))
+        if center is not None:
+            R, T = R - center, T - center
+        R = R[np.linalg.norm(R, axis=1) > 1e-9]
+        if len(R):
+            per_template.append((unit(T) @ unit(R).T).max(axis=1))
+    best = np.max(per_template, axis=0)
+    return {p: float(best[ids == p].max()) for p in np.unique(ids)}
+
+
+def check_rows(rows: list[np.ndarray], emb, ids, fit, *, membership: bool = True) -> dict[str, float]:
+    """Asserts no near-copy (and, with ``membership``, AUC <= MAX_AUC) for each model's
+    side, raw and centred; returns the AUCs."""
+    aucs = {}
+    for model, E in emb.items():
+        center = unit(E[fit]).mean(axis=0)  # what an attacker can estimate from any templates
+        for how, c in (("raw", None), ("centred", center)):
+            near_fit = best_cosines(rows, E[fit], c)
+            if near_fit.size == 0:
+                continue
+            near_unseen = best_cosines(rows, E[~fit], c)
+            excess = np.where(near_fit >= NEAR_COSINE, near_fit - near_unseen, -1)
+            assert excess.max() < NEAR_MARGIN, (
+                f"{model} ({how}): a stored row is {excess.max():.3f} closer to a fitting template "
+                f"(cosine {near_fit[excess.argmax()]:.3f}) than to any unseen one"
+            )
+            scores = person_scores(rows, E, ids, c)
+            people = sorted(scores)
+            members = set(ids[fit])
+            aucs[f"{model} {how}"] = roc_auc_score(
+                [p in members for p in people], [scores[p] for p in people]
+            )
+    if membership:
+        worst = max(aucs, key=aucs.get)
+        assert aucs[worst] <= MAX_AUC, f"{worst}: membership AUC {aucs[worst]:.3f} > {MAX_AUC}"
+    return aucs
+
+
+def check_file(blob: bytes, emb, ids, fit, *, membership: bool = True) -> dict[str, float]:
+    rows = file_rows(blob, {e.shape[1] for e in emb.values()})
+    return check_rows(rows, emb, ids, fit, membership=membership)
+
+
+@pytest.fixture(scope="module")
+def files(people):
+    emb, ids, fit = people
+    out = {k: mapfile.dumps(make(emb[SFACE][fit], emb[REID][fit], ids[fit])) for k, make in KINDS.items()}
+    out["hub"] = mapfile.dumps(CanonicalSpace().fit({m: e[fit] for m, e in emb.items()}))
+    return out
+
+
+@pytest.mark.parametrize("kind", [*sorted(KINDS), "hub"])
+def test_no_stored_row_is_a_fitting_template(people, files, kind):
+    check_file(files[kind], *people, membership=False)
+
+
+# Measured on this split (SFace -> face-reid, face-reid's side, raw cosines): the kernel's
+# coefficients (2,048 x 256) are weighted sums of fitting templates, and a person's best
+# cosine with them separates fitting people from unseen ones at AUC 0.588 (512 landmarks:
+# 0.592; alpha 30: 0.664; degree 2: 0.565). Strict: this fails once it is fixed.
+KERNEL_LEAK = pytest.mark.xfail(strict=True, reason="kernel coefficients leak membership (AUC 0.59)")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "linear",
+        "rotation",
+        "hub",
+        pytest.param("kernel", marks=KERNEL_LEAK),
+        pytest.param("ensemble", marks=KERNEL_LEAK),
+    ],
+)
+def test_a_map_file_does_not_reveal_who_fitted_it(people, files, kind):
+    aucs = check_file(files[kind], *people)
+    assert len(aucs) == 4  # both models' sides, raw and centred
+
+
+def test_the_check_catches_a_file_that_stores_templates(people, files):
+    """The test can fail: the rows of a file that also carries fitting templates (as
+    kernel maps' support rows and S-norm's cohorts did before) are caught."""
+    emb, ids, fit = people
+    rows = file_rows(files["linear"], {128, 256})
+    cohort = unit(emb[REID][fit][:200]) - unit(emb[REID][fit]).mean(axis=0)  # centred, as S-norm kept
+    with pytest.raises(AssertionError, match="closer to a fitting template"):
+        check_rows([*rows, cohort], emb, ids, fit, membership=False)
