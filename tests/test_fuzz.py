@@ -30,7 +30,7 @@ DOCUMENTED = {
     "Embed": ANY | {S.INVALID_ARGUMENT, S.NOT_FOUND, S.UNAVAILABLE},
     "ListModels": ANY,
     "ListMappings": ANY,
-    "GetMapping": ANY | {S.INVALID_ARGUMENT, S.NOT_FOUND},
+    "GetMapping": ANY | {S.INVALID_ARGUMENT, S.NOT_FOUND, S.PERMISSION_DENIED},  # include_file: admin only
     "PutMapping": ANY | ADMIN | {S.INVALID_ARGUMENT},
     "DeleteMapping": ANY | ADMIN | {S.INVALID_ARGUMENT, S.NOT_FOUND},
     "RollbackMapping": ANY | ADMIN | {S.INVALID_ARGUMENT, S.NOT_FOUND},
