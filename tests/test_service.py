@@ -148,16 +148,19 @@ def test_compare_cross_model_with_calibrated_decision(client, lfw, fitted):
     )  # the hub has no calibration
 
 
-def test_list_get_models(client, fitted):
+def test_list_get_models(server, client, fitted):
     assert client.list_models() == {DLIB: 128, SFACE: 128, REID: 256, ARC: 128}
     ids = {m.ref.map_id for m in client.list_mappings()}
     assert ids == {f"{SFACE}->{DLIB}:linear", f"{SFACE}->{DLIB}:rotation", "hub:lfw"}
     assert {m.ref.map_id for m in client.list_mappings(source=REID)} == {"hub:lfw"}
-    info, obj = client.get_mapping(f"{SFACE}->{DLIB}:linear")
+    # A map file is an attack tool: only the admin (or a reader) downloads it.
+    assert code_of(client.get_mapping, f"{SFACE}->{DLIB}:linear") == grpc.StatusCode.PERMISSION_DENIED
+    with server.client(admin_token=TOKEN) as admin:
+        info, obj = admin.get_mapping(f"{SFACE}->{DLIB}:linear")
+        assert code_of(admin.get_mapping, "nope") == grpc.StatusCode.NOT_FOUND
     assert np.array_equal(obj.weight_, fitted["linear"].weight_)
     meta = json.loads(info.metadata_json)
     assert meta["provenance"]["dataset"] == "LFW" and meta["maps"][0]["fit_info"]["n_pairs"] > 3000
-    assert code_of(client.get_mapping, "nope") == grpc.StatusCode.NOT_FOUND
 
 
 def test_admin_calls_need_the_token(server, fitted):
