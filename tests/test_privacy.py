@@ -102,35 +102,34 @@ def file_rows(blob: bytes, dims: set[int]) -> list[np.ndarray]:
     return rows
 
 
-def best_cosines(rows: list[np.ndarray], templates: np.ndarray, center: np.ndarray | None) -> np.ndarray:
-    """(n_rows,) each stored row's highest cosine with ``templates`` (same dimension),
-    raw or after subtracting ``center`` from both (zero rows skipped)."""
+def cosine_blocks(
+    rows: list[np.ndarray], templates: np.ndarray, center: np.ndarray | None
+) -> list[np.ndarray]:
+    """(rows_k, n_templates) cosines of each stored tensor's rows of the templates'
+    dimension against ``templates``, raw or after subtracting ``center`` from both (zero
+    rows skipped)."""
+    T = unit(templates.astype(np.float64))
+    T = unit(T - center) if center is not None else T
     out = []
     for R in rows:
         if R.shape[1] != templates.shape[1]:
             continue
-        T = unit(templates.astype(np.float64))
-        if center is not None:
-            R, T = R - center, T - center
+        R = R - center if center is not None else R
         R = R[np.linalg.norm(R, axis=1) > 1e-9]
         if len(R):
-            out.append((unit(R) @ unit(T).T).max(axis=1))
-    return np.concatenate(out) if out else np.zeros(0)
+            out.append(unit(R) @ T.T)
+    return out
+
+
+def best_cosines(rows: list[np.ndarray], templates: np.ndarray, center: np.ndarray | None) -> np.ndarray:
+    """(n_rows,) each stored row's highest cosine with ``templates``."""
+    blocks = cosine_blocks(rows, templates, center)
+    return np.concatenate([b.max(axis=1) for b in blocks]) if blocks else np.zeros(0)
 
 
 def person_scores(rows: list[np.ndarray], templates: np.ndarray, ids: np.ndarray, center) -> dict[str, float]:
     """{person: the best cosine between any of their templates and any stored row}."""
-    per_template = []
-    for R in rows:
-        if R.shape[1] != templates.shape[1]:
-            continue
-        T = unit(templates.astype(np.float64))
-        if center is not None:
-            R, T = R - center, T - center
-        R = R[np.linalg.norm(R, axis=1) > 1e-9]
-        if len(R):
-            per_template.append((unit(T) @ unit(R).T).max(axis=1))
-    best = np.max(per_template, axis=0)
+    best = np.max([b.max(axis=0) for b in cosine_blocks(rows, templates, center)], axis=0)
     return {p: float(best[ids == p].max()) for p in np.unique(ids)}
 
 
