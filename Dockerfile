@@ -10,6 +10,8 @@
 # biometric data, and Translate turns one model's templates into another's).
 FROM python:3.11-slim
 
+# DL3064 flags the word TOKEN: this is the path of a mounted secret, not the secret.
+# hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
