@@ -48,6 +48,10 @@ class LimitExceeded(MapperError):
     """A request over a configured bound (rows, bytes)."""
 
 
+class Cancelled(MapperError):
+    """Work stopped because its caller cancelled or its deadline passed."""
+
+
 class Unavailable(MapperError):
     """A dependency (Triton, the store) cannot be reached now; retrying may help."""
 

@@ -28,17 +28,29 @@ HELP = {
     "tls_key": "PEM server private key",
     "tls_client_ca": "PEM CA bundle: require and verify client certificates (mutual TLS)",
     "max_batch": "most embeddings or images per request",
-    "max_message_mb": "largest request in MiB; larger ones get RESOURCE_EXHAUSTED",
-    "workers": "RPC worker threads",
+    "max_message_mb": "largest request or reply in MiB; larger requests get RESOURCE_EXHAUSTED, and so "
+    "do calls whose reply would be larger (before any work)",
+    "max_call_gmacs": "most work one call may cost, in G multiply-adds (rows x the map's parameters; "
+    "%(default)s G is about 1-2 s of one core): costlier calls get RESOURCE_EXHAUSTED at once",
+    "max_inflight_gmacs": "most work admitted and unfinished at once, over all calls; beyond it new "
+    "calls get RESOURCE_EXHAUSTED ('server busy') at once",
+    "max_inflight_mb": "most MiB of requests and replies admitted and unfinished at once",
+    "client_gmacs_per_s": "with --client-tokens-file: each client's sustained rate in G multiply-adds "
+    "per second (bursts up to one maximal call)",
+    "stream_idle": "seconds a TranslateStream may wait for its next message before it is closed",
+    "max_streams_per_connection": "calls one HTTP/2 connection may have open at once",
+    "workers": "threads for large translations and comparisons; 0 = one per CPU core but one (the "
+    "event loop, which answers health checks and small calls, keeps that one)",
     "reload_interval": "seconds between checks of the store for new map versions",
     "blas_threads": "BLAS threads per call (default %(default)s); calls run in parallel",
-    "grace": "seconds in-flight calls get to finish on SIGTERM",
-    "drain": "seconds between SIGTERM (health NOT_SERVING) and closing the port",
+    "grace": "seconds in-flight calls get to finish after the drain; then they are cancelled",
+    "drain": "seconds between SIGTERM (health NOT_SERVING, calls still answered) and refusing new "
+    "calls (UNAVAILABLE)",
     "triton_url": "Triton gRPC address (host:port) serving the face models; enables Embed",
     "weights_dir": "folder of model folders, for dlib's landmark model (default: zoo's models/)",
     "triton_timeout": "seconds each Triton call may take before Embed answers UNAVAILABLE",
     "log_level": "logging level",
-    "port_file": "write the bound gRPC port here once serving",
+    "port_file": "write the bound gRPC port here once serving (maps loaded, health SERVING)",
 }
 
 

@@ -3,12 +3,12 @@ port, SIGTERM draining and the reload loop. ``__main__`` turns flags into a Serv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import signal
 import sys
-import threading
-import time
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from mapper.serving.admission import GIGA, Admission, Budgets
 from mapper.serving.store import open_store
 from mapper.serving.translator import Translator
 from mapper.triton.embedding import face_embedder
@@ -54,7 +55,13 @@ class ServiceConfig:
     tls_client_ca: str | None = None
     max_batch: int = 65536
     max_message_mb: int = 64
-    workers: int = 16
+    max_call_gmacs: float = 16.0
+    max_inflight_gmacs: float = 64.0
+    max_inflight_mb: int = 1024
+    client_gmacs_per_s: float = 8.0
+    stream_idle: float = 60.0
+    max_streams_per_connection: int = 64
+    workers: int = 0
     reload_interval: float = 2.0
     blas_threads: int = 1
     grace: float = 10.0
@@ -76,11 +83,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def check_config(cfg: ServiceConfig) -> None:
+    """Refuse to start (SystemExit naming the flag) on any combination that would serve with
+    less security, or less sense, than the flags ask for: never fall back silently."""
+    problems = []
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        problems.append(
+            "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key: without them the "
+            "server would listen in plaintext and accept anyone"
+        )
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        problems.append("--tls-cert and --tls-key go together: give both or neither")
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "admin_token_file", "client_tokens_file"):
+        path = getattr(cfg, flag)
+        if path and not Path(path).is_file():
+            problems.append(f"--{flag.replace('_', '-')} {path}: no such file")
+        elif path and flag.startswith("tls") and Path(path).stat().st_size == 0:
+            problems.append(f"--{flag.replace('_', '-')} {path}: the file is empty")
+    if cfg.admin_token is not None and not cfg.admin_token.strip() and not cfg.admin_token_file:
+        problems.append("--admin-token (MAPPER_ADMIN_TOKEN) is set but empty")
+    positive = (
+        "keep_versions",
+        "max_batch",
+        "max_message_mb",
+        "blas_threads",
+        "max_call_gmacs",
+        "max_inflight_gmacs",
+        "max_inflight_mb",
+        "client_gmacs_per_s",
+        "stream_idle",
+        "max_streams_per_connection",
+        "reload_interval",
+    )
+    for flag in positive:
+        if not getattr(cfg, flag) > 0:  # also refuses NaN
+            problems.append(f"--{flag.replace('_', '-')} must be > 0, got {getattr(cfg, flag)}")
+    for flag in ("workers", "grace", "drain", "triton_timeout"):
+        if not getattr(cfg, flag) >= 0:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(cfg, flag)}")
+    if problems:
+        raise SystemExit("mapper-serve: refusing to start:\n  " + "\n  ".join(problems))
+
+
 def _credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
     if not cfg.tls_cert:
         return None
-    if not cfg.tls_key:
-        raise SystemExit("--tls-cert needs --tls-key")
     client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())],
@@ -93,6 +140,8 @@ def admin_policy(cfg: ServiceConfig) -> AdminPolicy:
     """From the token file, else the token (flag or MAPPER_ADMIN_TOKEN), mutual TLS, or the
     explicit --open-admin; warns loudly when admin calls are open to anyone."""
     token = Path(cfg.admin_token_file).read_text().strip() if cfg.admin_token_file else cfg.admin_token
+    if cfg.admin_token_file and not token:
+        raise SystemExit(f"--admin-token-file {cfg.admin_token_file} holds no token (only blanks)")
     clients = None
     if cfg.client_tokens_file:
         try:
@@ -120,27 +169,52 @@ def admin_policy(cfg: ServiceConfig) -> AdminPolicy:
 
 
 def serve(cfg: ServiceConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls for ``cfg.grace`` seconds."""
+    """Run until SIGTERM or SIGINT: NOT_SERVING for ``cfg.drain`` seconds while still
+    answering, then refuse new calls and give in-flight ones ``cfg.grace`` seconds."""
+    check_config(cfg)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler], force=True)
     threadpool_limits(cfg.blas_threads, user_api="blas")
+    asyncio.run(_serve(cfg))
 
-    health_servicer = health.HealthServicer()
+
+def compute_threads(cfg: ServiceConfig) -> int:
+    """--workers, or one per CPU core but one, which stays with the event loop."""
+    return cfg.workers or max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def budgets(cfg: ServiceConfig) -> Budgets:
+    return Budgets(
+        call_macs=cfg.max_call_gmacs * GIGA,
+        inflight_macs=cfg.max_inflight_gmacs * GIGA,
+        inflight_bytes=cfg.max_inflight_mb << 20,
+        client_macs_per_s=cfg.client_gmacs_per_s * GIGA if cfg.client_tokens_file else None,
+    )
+
+
+async def _serve(cfg: ServiceConfig) -> None:
+    loop = asyncio.get_running_loop()
+    health_servicer = health.aio.HealthServicer()
+
+    def set_health(name: str, status: Any) -> None:  # from any thread
+        asyncio.run_coroutine_threadsafe(health_servicer.set(name, status), loop)
 
     def on_store_state(ok: bool) -> None:
         # The service keeps SERVING the last good maps; the store's own entry tells operators.
         metrics.STORE_UP.set(int(ok))
-        health_servicer.set(STORE_HEALTH, SERVING if ok else NOT_SERVING)
+        set_health(STORE_HEALTH, SERVING if ok else NOT_SERVING)
 
     translator = Translator(
-        open_store(cfg.store, keep_versions=cfg.keep_versions),
+        lambda: open_store(cfg.store, keep_versions=cfg.keep_versions),
+        watch=True,
+        load=False,
         max_batch=cfg.max_batch,
         on_reload=metrics.record_catalog,
         on_store_error=metrics.STORE_ERRORS.inc,
         on_store_state=on_store_state,
     )
-    translator.store.watch(translator.reload)
+    policy = admin_policy(cfg)
     with ExitStack() as stack:
         embedder = None
         if cfg.triton_url:
@@ -149,19 +223,32 @@ def serve(cfg: ServiceConfig) -> None:
                     triton_url=cfg.triton_url, weights_dir=cfg.weights_dir, timeout=cfg.triton_timeout
                 )
             )
+        compute = stack.enter_context(
+            futures.ThreadPoolExecutor(compute_threads(cfg), thread_name_prefix="compute")
+        )
         limit = cfg.max_message_mb * 2**20
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.workers),
-            interceptors=[ServiceInterceptor(admin_policy(cfg))],
+        server = grpc.aio.server(
+            interceptors=[ServiceInterceptor(policy)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # Per connection: streams open at once, and how long a connection may sit idle.
+                ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+                ("grpc.max_connection_idle_ms", 300_000),
                 # grpcio sets SO_REUSEPORT by default: a second server on the same port would
                 # start and silently take half the connections. Fail instead.
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_MapperServiceServicer_to_server(MapperServicer(translator, embedder=embedder), server)
+        servicer = MapperServicer(
+            translator,
+            compute=compute,
+            embedder=embedder,
+            admission=Admission(budgets(cfg)),
+            max_reply_bytes=limit,
+            stream_idle=cfg.stream_idle,
+        )
+        pb_grpc.add_MapperServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (
@@ -181,36 +268,60 @@ def serve(cfg: ServiceConfig) -> None:
             ) from e
         if cfg.metrics_port >= 0:
             prom.start_http_server(cfg.metrics_port, addr=cfg.host)
-        server.start()
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, SERVING)
-        if cfg.port_file:
-            Path(cfg.port_file).write_text(str(port))
+        for name in ("", SERVICE_NAME):  # until the maps are loaded
+            await health_servicer.set(name, NOT_SERVING)
+        await server.start()
         log.info(
             json.dumps(
                 {
-                    "event": "serving",
+                    "event": "listening",
                     "port": port,
                     "tls": bool(cfg.tls_cert),
                     "mtls": bool(cfg.tls_client_ca),
-                    "maps": len(translator.catalog),
+                    "compute_threads": compute_threads(cfg),
                 }
             )
         )
 
-        stop = threading.Event()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reloading = asyncio.create_task(_load_and_reload(cfg, port, translator, health_servicer, stop))
+        await stop.wait()
+        log.info(json.dumps({"event": "stopping", "drain_s": cfg.drain, "grace_s": cfg.grace}))
+        # NOT_SERVING first, still answering, so load balancers see it and move new calls
+        # elsewhere; then refuse new calls (UNAVAILABLE) and give in-flight ones their grace.
+        # Calls still running after it are cancelled, and their work stops within a block.
+        await health_servicer.enter_graceful_shutdown()
+        await asyncio.sleep(cfg.drain)
+        await server.stop(cfg.grace)
+        reloading.cancel()
+        compute.shutdown(wait=True, cancel_futures=True)
+    log.info(json.dumps({"event": "stopped"}))
 
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info(json.dumps({"event": "stopping", "signal": signum, "grace_s": cfg.grace}))
-            health_servicer.enter_graceful_shutdown()
-            stop.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        while not stop.wait(cfg.reload_interval):
-            translator.reload()
-        # NOT_SERVING first, with the port still open, so load balancers see it and move
-        # new calls elsewhere; then stop accepting and give in-flight calls their grace.
-        time.sleep(cfg.drain)
-        server.stop(cfg.grace).wait()
-        log.info(json.dumps({"event": "stopped"}))
+async def _load_and_reload(
+    cfg: ServiceConfig, port: int, translator: Translator, health_servicer: Any, stop: asyncio.Event
+) -> None:
+    """NOT_SERVING until the maps are loaded (a store that is down is retried, not served
+    empty), then SERVING, and a reload whenever the store's generation moves."""
+    delay = 0.25
+    while not translator.ready:
+        await asyncio.to_thread(translator.reload)
+        if translator.ready:
+            break
+        log.warning(
+            json.dumps({"event": "not_ready", "reason": translator.not_ready_reason, "retry_in_s": delay})
+        )
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 5.0)
+    if stop.is_set():
+        return
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, SERVING)
+    if cfg.port_file:
+        Path(cfg.port_file).write_text(str(port))
+    log.info(json.dumps({"event": "serving", "port": port, "maps": len(translator.catalog)}))
+    while True:
+        await asyncio.sleep(cfg.reload_interval)
+        await asyncio.to_thread(translator.reload)

@@ -6,17 +6,18 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from mapper.errors import InvalidInput, LimitExceeded, NotFound, Unavailable
+from mapper.errors import Cancelled, InvalidInput, LimitExceeded, NotFound, Unavailable
 
 from . import metrics
 from .gen import mapper_pb2 as pb
+from .servicer import CLIENT, StreamIdle
 
 log = logging.getLogger("mapper.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MapperService"].full_name
@@ -82,15 +83,20 @@ class AdminPolicy:
                 "(--admin-token-file or MAPPER_ADMIN_TOKEN) or mutual TLS (--tls-client-ca)"
             )
 
-    def check_client(self, context: grpc.ServicerContext) -> None:
-        """For every MapperService call, when client tokens are configured."""
+    def check_client(self, context: grpc.ServicerContext) -> str | None:
+        """For every MapperService call, when client tokens are configured: the caller's
+        name (``"admin"`` for the admin token), for per-client rate limits."""
         if self.clients is None:
-            return
+            return None
         given = _bearer(context)
-        if not (self._admin(given) or self._client(given)):
+        if self._admin(given):
+            return "admin"
+        who = self._client(given)
+        if who is None:
             raise Unauthenticated(
                 "this server serves known clients only: send metadata 'authorization: Bearer <client token>'"
             )
+        return who[0]
 
     def check_reader(self, context: grpc.ServicerContext) -> None:
         """For downloading a map file: the admin credential, or a client token of role reader."""
@@ -134,6 +140,8 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (AdminDisabled, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 
@@ -141,22 +149,24 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return next((code for cls, code in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
-    """Wraps each MapperService handler once (cached by method): admin token check,
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each MapperService handler once (cached by method): client and admin checks,
     error -> status, request count and latency. Health and reflection pass through."""
 
     def __init__(self, admin: AdminPolicy | None = None) -> None:
         self.admin = admin or AdminPolicy()
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[Any], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
-        handler = continuation(details)
+        handler = await continuation(details)
         service, _, name = method.lstrip("/").rpartition("/")
         if handler is None or service != SERVICE_NAME:
             return handler
@@ -177,60 +187,69 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _fail(self, name: str, exc: Exception, context: grpc.ServicerContext, prefix: str = "") -> None:
+    async def _fail(
+        self, name: str, exc: Exception, context: grpc.aio.ServicerContext, prefix: str = ""
+    ) -> None:
         code = status_for(exc)
         metrics.REQUESTS.labels(name, code.name).inc()
         if code is grpc.StatusCode.INTERNAL:
-            log.exception("internal error in %s", name)
-            context.abort(code, "internal error")
+            log.error("internal error in %s", name, exc_info=exc)
+            await context.abort(code, "internal error")
         details = f"{prefix}{exc}"
         if len(details) > MAX_DETAILS:
             details = f"{details[: MAX_DETAILS - 40]}... ({len(details)} characters)"
-        context.abort(code, details)
+        await context.abort(code, details)
 
     def _unary(
-        self, name: str, behaviour: Callable[..., Any], parse: Callable[[bytes], Any]
-    ) -> Callable[..., Any]:
+        self, name: str, behaviour: Callable[..., Awaitable[Any]], parse: Callable[[bytes], Any]
+    ) -> Callable[..., Awaitable[Any]]:
         admin = name in ADMIN_METHODS
         download = name == "GetMapping"
         # Children bound once: a labels() lookup per call costs more than the count itself.
         ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
 
-        def call(raw: bytes, context: grpc.ServicerContext) -> Any:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             try:
-                self.admin.check_client(context)
+                CLIENT.set(self.admin.check_client(context))
                 request = parse(raw)
                 if admin:
                     self.admin.check(context)
                 elif download and request.include_file:
                     self.admin.check_reader(context)
-                reply = behaviour(request, context)
+                reply = await behaviour(request, context)
                 ok.inc()
                 return reply
             except Exception as exc:
-                self._fail(name, exc, context)
+                await self._fail(name, exc, context)
             finally:
                 latency.observe(time.perf_counter() - t0)
 
         return call
 
     def _stream(
-        self, name: str, behaviour: Callable[..., Iterator[Any]], parse: Callable[[bytes], Any]
-    ) -> Callable[..., Iterator[Any]]:
+        self, name: str, behaviour: Callable[..., AsyncIterator[Any]], parse: Callable[[bytes], Any]
+    ) -> Callable[..., AsyncIterator[Any]]:
         ok, latency = metrics.REQUESTS.labels(name, "OK"), metrics.LATENCY.labels(name)
 
-        def call(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+        async def call(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             t0 = time.perf_counter()
             count = 0
             try:
-                self.admin.check_client(context)
-                parsed = (parse(raw) for raw in requests)
-                for count, reply in enumerate(behaviour(parsed, context), 1):  # noqa: B007
+                CLIENT.set(self.admin.check_client(context))
+
+                async def parsed() -> AsyncIterator[Any]:
+                    async for raw in requests:
+                        yield parse(raw)
+
+                async for reply in behaviour(parsed(), context):
+                    count += 1
                     yield reply
                 ok.inc()
             except Exception as exc:
-                self._fail(name, exc, context, prefix=f"stream message {count + 1}: ")
+                await self._fail(name, exc, context, prefix=f"stream message {count + 1}: ")
             finally:
                 latency.observe(time.perf_counter() - t0)
 

@@ -1,138 +1,217 @@
-"""MapperService over gRPC: protos in, :class:`mapper.serving.translator.Translator` calls,
-protos out. Admin checks, errors and metrics are the interceptor's (``interceptors.py``)."""
+"""MapperService over gRPC (asyncio): protos in, :class:`mapper.serving.translator.Translator`
+calls, protos out. Admin checks, errors and metrics are the interceptor's (``interceptors.py``).
+
+The event loop only parses, admits and replies. A call's work is admitted by its cost before
+it starts (``mapper.serving.admission``); cheap work runs inline, the rest on the compute
+threads in row blocks, and stops within one block of the client cancelling or its deadline
+passing. Store reads and Triton calls run on the loop's default threads. So health checks
+and small calls are answered whatever the large ones, or idle streams, are doing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
 import grpc
 import numpy as np
 
 from mapper.errors import InvalidInput, LimitExceeded, TritonUnavailableError
 from mapper.faces.embed import FaceEmbedder
-from mapper.serving.translator import Translator
+from mapper.serving.admission import Admission
+from mapper.serving.catalog import check_name
+from mapper.serving.translator import Job, T, Translator
 
 from . import convert, metrics
 from .gen import mapper_pb2 as pb
 from .gen import mapper_pb2_grpc as pb_grpc
 
-#: The longest model name or map id a request may carry.
-MAX_NAME = 256
+#: Work up to this many multiply-adds (a 512 x 512 map on 16 rows) is done on the event
+#: loop: a thread hand-off would cost more than the work.
+INLINE_MACS = 2**22
+#: The client a call came from (its token's name), set by the interceptor for rate limits.
+CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("client", default=None)
 
 
 class MapperServicer(pb_grpc.MapperServiceServicer):
-    """Adapts each RPC to the translator (and, for Embed, a face embedder)."""
+    """Adapts each RPC to the translator (and, for Embed, a face embedder).
 
-    def __init__(self, translator: Translator, *, embedder: FaceEmbedder | None = None) -> None:
+    ``compute`` runs admitted work that is too large to run inline; ``max_reply_bytes`` is
+    the transport's message limit, checked before the work; ``stream_idle`` seconds without
+    a message end a TranslateStream (DEADLINE_EXCEEDED), so idle streams do not pile up.
+    """
+
+    def __init__(
+        self,
+        translator: Translator,
+        *,
+        compute: Executor,
+        embedder: FaceEmbedder | None = None,
+        admission: Admission | None = None,
+        max_reply_bytes: int = 64 << 20,
+        stream_idle: float = 60.0,
+    ) -> None:
         self.translator = translator
+        self.compute = compute
         self.embedder = embedder
+        self.admission = admission or Admission()
+        self.max_reply_bytes = max_reply_bytes
+        self.stream_idle = stream_idle
 
     def _array(self, msg: pb.Embeddings, name: str) -> np.ndarray:
         self.translator.check_rows(msg.rows, name)  # before the bytes are looked at
         return convert.to_array(msg, name)
 
     @staticmethod
-    def _name(value: str, field: str) -> str:
-        if len(value) > MAX_NAME:
-            raise InvalidInput(f"{field} is {len(value)} characters long; names have at most {MAX_NAME}")
-        return value
-
-    def _kind(self, value: int) -> str:
+    def _kind(value: int) -> str:
         kind = convert.KIND_NAMES.get(value)
         if kind is None:
             raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
         return kind
 
-    def _translate(self, request: pb.TranslateRequest) -> pb.TranslateResponse:
-        source = self._name(request.source_model, "source_model")
-        target = self._name(request.target_model, "target_model")
-        kind = self._kind(request.kind)
+    async def _run(self, job: Job[T], request_bytes: int, context: grpc.aio.ServicerContext, what: str) -> T:
+        """Admit ``job`` by its cost, run it, and stop it if the call ends first."""
+        if job.reply_bytes > self.max_reply_bytes:
+            raise LimitExceeded(
+                f"the reply would be {job.reply_bytes / 2**20:.1f} MiB, over the message limit of "
+                f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
+            )
+        ticket = self.admission.admit(
+            job.macs, request_bytes + job.reply_bytes, client=CLIENT.get(), what=what
+        )
+        if job.macs <= INLINE_MACS:
+            with ticket:
+                return job.run()
+        cancelled = threading.Event()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
+        def stop() -> bool:
+            return cancelled.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+        future = asyncio.get_running_loop().run_in_executor(self.compute, job.run, stop)
+        future.add_done_callback(lambda _: ticket.release())  # when the thread is done, not before
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            cancelled.set()
+            raise
+
+    async def _translate(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
+        source = check_name(request.source_model, "source_model")
+        target = check_name(request.target_model, "target_model")
         x = self._array(request.embeddings, "embeddings")
-        y, ref = self.translator.translate(x, source, target, kind)
-        metrics.translated(request.source_model, request.target_model).inc(x.shape[0])
+        job, ref = self.translator.translate_job(x, source, target, self._kind(request.kind))
+        y = await self._run(job, x.nbytes, context, f"translating {x.shape[0]} rows with {ref.map_id}")
+        metrics.translated(source, target).inc(x.shape[0])
         return pb.TranslateResponse(
-            embeddings=convert.from_array(y), map=convert.ref_to_pb(ref), request_id=request.request_id
+            embeddings=convert.from_array(y),
+            map=convert.ref_to_pb(ref),
+            request_id=request.request_id,
         )
 
-    def Translate(self, request: pb.TranslateRequest, context: grpc.ServicerContext) -> pb.TranslateResponse:
-        return self._translate(request)
+    async def Translate(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
+        return await self._translate(request, context)
 
-    def TranslateStream(
-        self, requests: Iterator[pb.TranslateRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.TranslateResponse]:
-        # gRPC's HTTP/2 flow control bounds what is in flight: the next request is read only
-        # after the previous reply was handed to the transport.
-        for request in requests:
-            yield self._translate(request)
+    async def TranslateStream(
+        self, requests: AsyncIterator[pb.TranslateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranslateResponse]:
+        # HTTP/2 flow control bounds what is in flight: the next request is read only after
+        # the previous reply was handed to the transport. Each message is admitted alone.
+        while True:
+            try:
+                request = await asyncio.wait_for(anext(requests), self.stream_idle)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise StreamIdle(
+                    f"no message for {self.stream_idle:.0f} s: idle streams are closed; open a new one"
+                ) from None
+            yield await self._translate(request, context)
 
-    def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext) -> pb.CompareResponse:
-        model_a, model_b = self._name(request.model_a, "model_a"), self._name(request.model_b, "model_b")
+    async def Compare(
+        self, request: pb.CompareRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompareResponse:
+        model_a = check_name(request.model_a, "model_a")
+        model_b = check_name(request.model_b, "model_b")
         kind = self._kind(request.kind)
         if not 0 <= request.far < 1:  # also false for NaN
             raise InvalidInput(f"far must be in [0, 1) (0: scores only), got {request.far}")
-        result = self.translator.compare(
-            self._array(request.a, "a"),
-            self._array(request.b, "b"),
-            model_a,
-            model_b,
-            kind=kind,
-            far=request.far,
-        )
+        a, b = self._array(request.a, "a"), self._array(request.b, "b")
+        job = self.translator.compare_job(a, b, model_a, model_b, kind=kind, far=request.far)
+        result = await self._run(job, a.nbytes + b.nbytes, context, f"comparing {a.shape[0]} rows")
         reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist(), scoring=result.scoring)
         if result.map is not None:
             reply.map.CopyFrom(convert.ref_to_pb(result.map))
-            metrics.translated(request.model_a, request.model_b).inc(len(result.scores))
+            metrics.translated(model_a, model_b).inc(len(result.scores))
         if result.same is not None:
             reply.threshold = result.threshold
             reply.same.extend(result.same.tolist())
         return reply
 
-    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         if self.embedder is None:
             raise TritonUnavailableError("Embed needs a Triton server: start mapper-serve with --triton-url")
         if not request.images:
             raise InvalidInput("no images given")
         if len(request.images) > self.translator.max_batch:
             raise LimitExceeded(f"{len(request.images)} images; the limit is {self.translator.max_batch}")
-        result = self.embedder.embed(list(request.images), request.model)
+        result = await asyncio.to_thread(self.embedder.embed, list(request.images), request.model)
         return pb.EmbedResponse(embeddings=convert.from_array(result.embeddings), failed=result.failed)
 
-    def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         dims = self.translator.models()
         return pb.ListModelsResponse(models=[pb.ModelInfo(name=n, dim=d) for n, d in sorted(dims.items())])
 
-    def ListMappings(
-        self, request: pb.ListMappingsRequest, context: grpc.ServicerContext
+    async def ListMappings(
+        self, request: pb.ListMappingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMappingsResponse:
-        maps = self.translator.list(
-            all_versions=request.all_versions, source=request.source_model, target=request.target_model
+        maps = await asyncio.to_thread(
+            self.translator.list,
+            all_versions=request.all_versions,
+            source=request.source_model,
+            target=request.target_model,
         )
         return pb.ListMappingsResponse(maps=[convert.info_to_pb(m) for m in maps])
 
-    def GetMapping(
-        self, request: pb.GetMappingRequest, context: grpc.ServicerContext
+    async def GetMapping(
+        self, request: pb.GetMappingRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetMappingResponse:
-        m = self.translator.get(self._name(request.map_id, "map_id"), request.version or None)
-        return pb.GetMappingResponse(
-            info=convert.info_to_pb(m), map_file=(m.data or b"") if request.include_file else b""
-        )
+        map_id = check_name(request.map_id, "map_id")
+        m = await asyncio.to_thread(
+            self.translator.get, map_id, request.version or None, with_data=request.include_file
+        )  # without include_file the map's bytes are not even read
+        return pb.GetMappingResponse(info=convert.info_to_pb(m), map_file=m.data or b"")
 
-    def PutMapping(
-        self, request: pb.PutMappingRequest, context: grpc.ServicerContext
+    async def PutMapping(
+        self, request: pb.PutMappingRequest, context: grpc.aio.ServicerContext
     ) -> pb.PutMappingResponse:
-        return pb.PutMappingResponse(info=convert.info_to_pb(self.translator.publish(request.map_file)))
+        stored = await asyncio.to_thread(self.translator.publish, request.map_file)
+        return pb.PutMappingResponse(info=convert.info_to_pb(stored))
 
-    def DeleteMapping(
-        self, request: pb.DeleteMappingRequest, context: grpc.ServicerContext
+    async def DeleteMapping(
+        self, request: pb.DeleteMappingRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteMappingResponse:
-        return pb.DeleteMappingResponse(
-            versions_deleted=self.translator.delete(self._name(request.map_id, "map_id"))
-        )
+        n = await asyncio.to_thread(self.translator.delete, check_name(request.map_id, "map_id"))
+        return pb.DeleteMappingResponse(versions_deleted=n)
 
-    def RollbackMapping(
-        self, request: pb.RollbackMappingRequest, context: grpc.ServicerContext
+    async def RollbackMapping(
+        self, request: pb.RollbackMappingRequest, context: grpc.aio.ServicerContext
     ) -> pb.RollbackMappingResponse:
-        stored = self.translator.rollback(self._name(request.map_id, "map_id"), request.version)
+        map_id = check_name(request.map_id, "map_id")
+        stored = await asyncio.to_thread(self.translator.rollback, map_id, request.version)
         return pb.RollbackMappingResponse(info=convert.info_to_pb(stored))
+
+
+class StreamIdle(Exception):
+    """A stream that sent nothing for too long (DEADLINE_EXCEEDED)."""

@@ -58,7 +58,7 @@ def test_publish_versions_and_generation(backend):
     got = store.get("a->b:linear")
     assert got.ref == second.ref and mapfile.loads(got.data).n_features_out_ == 12
     assert store.get("a->b:linear", 1).ref == first.ref
-    assert [m.ref.map_id for m in open_store().active()] == ["a->b:linear"]  # another handle
+    assert [m.ref.map_id for m in open_store().list()] == ["a->b:linear"]  # another handle
 
 
 def test_rollback_and_delete(backend):
@@ -104,6 +104,24 @@ def test_bad_files_change_nothing(backend):
     with pytest.raises(InvalidInput, match="declares 'a' as 8-d"):
         store.publish(other)
     assert store.generation() == g and len(store.list(all_versions=True)) == 1
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [("x" * 300, "at most 256"), ("a\x00b", "control character"), ("a\nb", "control character")],
+)
+def test_names_get_one_answer_from_every_store(backend, name, why):
+    """Both stores refuse an unusable name the same way, at publish and on every lookup, and
+    nothing stored is lost (PostgreSQL cannot even hold a NUL: it used to answer INTERNAL)."""
+    store = backend[0]()
+    store.publish(linear())
+    g = store.generation()
+    with pytest.raises(InvalidInput, match=why):
+        store.publish(linear(source=name))
+    for call in (store.get, store.delete, lambda m: store.rollback(m, 1)):
+        with pytest.raises(InvalidInput, match=why):
+            call(name)
+    assert store.generation() == g and [m.ref.map_id for m in store.list()] == ["a->b:linear"]
 
 
 def test_concurrent_publishers_lose_nothing(backend):

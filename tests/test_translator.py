@@ -3,7 +3,11 @@ that maps its errors to gRPC statuses (a real in-process gRPC server on loopback
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 
 import grpc
 import numpy as np
@@ -86,20 +90,46 @@ def test_only_library_errors_are_invalid_argument():
 
 
 class BrokenStore(SQLiteMapStore):
+    broken = False
+
     def list(self, all_versions: bool = False):
-        raise ValueError("a bug in a store")
+        if self.broken:
+            raise ValueError("a bug in a store")
+        return super().list(all_versions)
+
+
+@contextmanager
+def aio_server(servicer: MapperServicer) -> Iterator[int]:
+    """The asyncio gRPC server mapper-serve runs, on its own loop in a thread; yields its port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+        pb_grpc.add_MapperServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def test_interceptor_maps_errors_and_counts_streams(tmp_path):
     store = BrokenStore(tmp_path / "maps.sqlite")
     store.publish(linear_file())
-    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[ServiceInterceptor()])
-    pb_grpc.add_MapperServiceServicer_to_server(MapperServicer(Translator(store)), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    translator = Translator(store)
+    store.broken = True
     failed = metrics.REQUESTS.labels("TranslateStream", "NOT_FOUND")
     before = failed._value.get()
-    try:
+    compute = futures.ThreadPoolExecutor(2)
+    with aio_server(MapperServicer(translator, compute=compute)) as port:
         with MapperClient(f"127.0.0.1:{port}") as client:
             with pytest.raises(grpc.RpcError) as err:
                 client.list_mappings()
@@ -110,6 +140,5 @@ def test_interceptor_maps_errors_and_counts_streams(tmp_path):
                 list(client.translate_stream(batches, "a", "zzz"))
             assert err.value.code() is grpc.StatusCode.NOT_FOUND
             assert err.value.details().startswith("stream message 1:")
-    finally:
-        server.stop(None)
+    compute.shutdown()
     assert failed._value.get() == before + 1

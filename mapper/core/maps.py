@@ -152,6 +152,12 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             self._cast[dtype] = (self.weight_.astype(dtype), self.bias_.astype(dtype))
         return self._cast[dtype]
 
+    def macs_per_row(self) -> int:
+        """An upper bound on the multiply-adds one row costs: every parameter array the map
+        holds (members, layers, landmarks, scoring statistics) read once per row, as a matrix
+        product does. A service admits a call by this before doing any work."""
+        return _parameters(vars(self))
+
     # -- applying ------------------------------------------------------------------------
     def transform(self, X: Any) -> np.ndarray:
         """Map (n, d_source) source embeddings to (n, d_target) target-space embeddings.
@@ -193,7 +199,7 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             # and when the output is normalised the division by |x| is not needed at all.
             out += np.sqrt(norms, out=norms)[:, None] * bias
             if not self.normalize_output:
-                out /= np.maximum(norms, MIN_NORM)[:, None]
+                out *= inverse_norms(norms * norms)[:, None]  # 0 for rows below MIN_NORM
         if self.normalize_output:
             out *= inverse_norms(np.einsum("ij,ij->i", out, out))[:, None]
         return out
@@ -295,8 +301,9 @@ class NonlinearMap(EmbeddingMap):
         out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
         for start in range(0, X.shape[0], self._ROWS):
             x = X[start : start + self._ROWS]
-            y = self._predict(l2_normalize(x.astype(np.float64))) + self.target_mean_
-            y[~np.any(x, axis=1)] = 0
+            unit = l2_normalize(x.astype(np.float64), copy=False)
+            y = self._predict(unit) + self.target_mean_
+            y[~unit.any(axis=1)] = 0  # no direction in, none out (see validation.MIN_NORM)
             out[start : start + self._ROWS] = l2_normalize(y, copy=False) if self.normalize_output else y
         return out
 
@@ -537,3 +544,16 @@ def compose(first: EmbeddingMap, second: EmbeddingMap) -> AffineMap:
         target_id=second.target_id,
         fit_info={"composed_of": [first.kind, second.kind]},
     )
+
+
+def _parameters(value: Any) -> int:
+    """Elements of every array in ``value`` (nested dicts, lists, maps, scorings)."""
+    if isinstance(value, np.ndarray):
+        return value.size
+    if isinstance(value, dict):
+        return sum(_parameters(v) for k, v in value.items() if k != "_cast")  # _cast: copies
+    if isinstance(value, list | tuple):
+        return sum(_parameters(v) for v in value)
+    if isinstance(value, EmbeddingMap | ScoreSpace):
+        return _parameters(vars(value))
+    return 0

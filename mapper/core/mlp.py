@@ -104,6 +104,7 @@ class MLPMap(EmbeddingMap):
         Xp = l2_normalize(X) if self.normalize_input else X
         Y = self._predict_centered(Xp - self.source_mean_.astype(X.dtype, copy=False))
         Y += self.target_mean_.astype(X.dtype, copy=False)
+        Y[~Xp.any(axis=1)] = 0  # no direction in, none out (see validation.MIN_NORM)
         return l2_normalize(Y, copy=False) if self.normalize_output else Y
 
     def _scale_residual(self, s: float) -> None:

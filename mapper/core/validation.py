@@ -9,8 +9,9 @@ import numpy as np
 from mapper.errors import EmbeddingError, FitError
 
 FLOAT_DTYPES = (np.float32, np.float64)
-#: Rows are normalised by max(norm, MIN_NORM), torch's F.normalize convention: zero rows
-#: stay zero, nothing divides by zero, and the factor stays finite in float32.
+#: A row whose L2 norm is below MIN_NORM has no direction, so it is no template: normalising
+#: makes it a zero row (no face), which every map kind passes on as a zero row and every
+#: scoring scores 0. Nothing divides by zero, and factors stay finite in float32.
 MIN_NORM = 1e-12
 
 
@@ -64,7 +65,8 @@ def check_pairs(x: object, y: object, *, min_pairs: int = 2) -> tuple[np.ndarray
 
 
 def l2_normalize(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
-    """Rows of (n, d) ``x`` divided by max(norm, MIN_NORM): unit rows, zero rows stay zero."""
+    """Rows of (n, d) ``x`` divided by their norm: unit rows; rows with a norm below
+    ``MIN_NORM`` (zero rows, or a template scaled towards zero) become zero rows."""
     out = x.copy() if copy else x
     squared = np.einsum("ij,ij->i", x, x)
     if not math.isfinite(squared.sum()):  # float32 squares overflow above about 1.8e19
@@ -84,7 +86,10 @@ def rescale_huge_rows(x: np.ndarray, squared: np.ndarray) -> np.ndarray:
 
 
 def inverse_norms(squared: np.ndarray) -> np.ndarray:
-    """1 / max(sqrt(squared), MIN_NORM) for (n,) squared row norms, computed in place."""
+    """1 / sqrt(squared) for (n,) squared row norms, computed in place; 0 where the norm is
+    below ``MIN_NORM`` (see there)."""
     np.sqrt(squared, out=squared)
-    np.maximum(squared, MIN_NORM, out=squared)
-    return np.divide(1, squared, out=squared)
+    tiny = squared < MIN_NORM
+    np.divide(1, squared, out=squared, where=~tiny)
+    squared[tiny] = 0
+    return squared

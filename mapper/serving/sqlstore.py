@@ -16,7 +16,7 @@ from typing import Any
 
 from mapper.core import mapfile
 from mapper.errors import InvalidInput, MapNotFound
-from mapper.serving.catalog import MapRef, map_id_of
+from mapper.serving.catalog import MapRef, check_name, map_id_of
 from mapper.serving.store import StoredMap, check_dims, describe
 
 SCHEMA = """
@@ -144,17 +144,17 @@ class SQLMapStore:
             rows = execute(sql, args).fetchall()
         return [self._row(r[:10], bool(r[10]), r[11] if with_data else None) for r in rows]
 
-    def active(self) -> list[StoredMap]:
-        return self._select("WHERE a.version IS NOT NULL", (), with_data=True)
-
     def list(self, all_versions: bool = False) -> list[StoredMap]:
+        """Stored maps without their bytes: active versions, or every version."""
         return self._select("" if all_versions else "WHERE a.version IS NOT NULL", (), with_data=False)
 
-    def get(self, map_id: str, version: int | None = None) -> StoredMap:
+    def get(self, map_id: str, version: int | None = None, *, with_data: bool = True) -> StoredMap:
+        """One version (the active one by default); its bytes only ``with_data``."""
+        check_name(map_id, "map_id")
         if version:
-            found = self._select("WHERE m.map_id = ? AND m.version = ?", (map_id, version), with_data=True)
+            found = self._select("WHERE m.map_id = ? AND m.version = ?", (map_id, version), with_data)
         else:
-            found = self._select("WHERE m.map_id = ? AND a.version IS NOT NULL", (map_id,), with_data=True)
+            found = self._select("WHERE m.map_id = ? AND a.version IS NOT NULL", (map_id,), with_data)
         if not found:
             known = sorted({m.ref.map_id for m in self.list(all_versions=True)})
             what = f"version {version} of {map_id!r}" if version else f"active version of {map_id!r}"
@@ -163,6 +163,7 @@ class SQLMapStore:
 
     def rollback(self, map_id: str, version: int) -> StoredMap:
         """Serve an earlier (or any stored) version of ``map_id`` again."""
+        check_name(map_id, "map_id")
         if version < 1:
             raise InvalidInput(f"version must be 1 or more, got {version}")
         with self._write() as execute:
@@ -176,6 +177,7 @@ class SQLMapStore:
 
     def delete(self, map_id: str) -> int:
         """Remove every version of ``map_id``; returns how many were removed."""
+        check_name(map_id, "map_id")
         with self._write() as execute:
             n = execute("DELETE FROM maps WHERE map_id = ?", (map_id,)).rowcount
             if n == 0:

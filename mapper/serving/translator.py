@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from mapper.core import mapfile
 from mapper.core.calibration import Calibration
+from mapper.core.mapfile import MapObject
+from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import COSINE
 from mapper.core.validation import check_embeddings
-from mapper.errors import EmbeddingError, LimitExceeded, MapFileError, MapNotFound, Unavailable
+from mapper.errors import Cancelled, EmbeddingError, LimitExceeded, MapFileError, MapNotFound, Unavailable
 from mapper.serving.catalog import Catalog, MapRef
 from mapper.serving.store import MapStore, StoredMap
 
@@ -38,24 +42,82 @@ class Comparison:
     same: np.ndarray | None = None  # (n,) bool, when a FAR was given
 
 
+#: Multiply-adds per row block: work is done block by block, so a cancelled call or one
+#: past its deadline stops within one block (tens of ms on a CPU core), and temporaries stay
+#: a few MiB whatever the request's size.
+BLOCK_MACS = 2**26
+
+
+Stop = Callable[[], bool]
+T = TypeVar("T")
+
+
+@dataclass
+class Job(Generic[T]):
+    """A request resolved to its map, with its cost known before any work is done.
+
+    ``macs``: multiply-adds (rows x the map's cost per row); ``reply_bytes``: the result's
+    size. ``run(stop)`` does the work in row blocks and raises :class:`Cancelled` as soon as
+    ``stop()`` is true between two blocks.
+    """
+
+    rows: int
+    macs: int
+    reply_bytes: int
+    work: Callable[[int, int], None]  # computes rows [start, stop)
+    result: Callable[[], T]
+    block: int
+
+    def run(self, stop: Stop | None = None) -> T:
+        for start in range(0, self.rows, self.block):
+            if stop is not None and stop():
+                raise Cancelled(f"stopped after {start} of {self.rows} rows")
+            self.work(start, min(start + self.block, self.rows))
+        return self.result()
+
+
+def _block(macs_per_row: int) -> int:
+    return max(16, BLOCK_MACS // max(macs_per_row, 1))
+
+
+_MACS: weakref.WeakKeyDictionary[EmbeddingMap, int] = weakref.WeakKeyDictionary()
+
+
+def macs_per_row(m: EmbeddingMap) -> int:
+    """``m.macs_per_row()``, computed once per loaded map (it walks the map's arrays)."""
+    found = _MACS.get(m)
+    if found is None:
+        found = _MACS[m] = m.macs_per_row()
+    return found
+
+
 class Translator:
     """Translate and compare embeddings across models with the maps of ``store``.
 
+    ``store`` is a store or a function opening one (called on reloads until it works);
+    ``watch`` asks the store to call :meth:`reload` on writes; ``load`` loads at once.
     ``max_batch`` bounds the rows of one request. ``on_reload(catalog, generation)``,
     ``on_store_error()`` and ``on_store_state(ok)`` let a server export what happened
-    (metrics, health) without this module knowing how.
+    (metrics, health) without this module knowing how. ``ready`` is false until the maps
+    were loaded once (``not_ready_reason`` says why); until then requests get
+    :class:`Unavailable` rather than answers from an empty catalog.
     """
 
     def __init__(
         self,
-        store: MapStore,
+        store: MapStore | Callable[[], MapStore],
         *,
+        watch: bool = False,
+        load: bool = True,
         max_batch: int = 65536,
         on_reload: Callable[[Catalog, int], None] | None = None,
         on_store_error: Callable[[], None] | None = None,
         on_store_state: Callable[[bool], None] | None = None,
     ) -> None:
-        self.store = store
+        # A store, or how to open one: then it is opened on the first reload, and opening is
+        # retried on each reload until it works (a database may be down when a replica starts).
+        self._store, self._open = (None, store) if callable(store) else (store, None)
+        self._watch = watch
         self.max_batch = max_batch
         self._on_reload = on_reload or (lambda catalog, generation: None)
         self._on_store_error = on_store_error or (lambda: None)
@@ -64,47 +126,85 @@ class Translator:
         self._served: tuple[Catalog, dict[str, Calibration]] = (Catalog(), {})
         self._generation = -1
         self._reload_lock = threading.Lock()
-        self.reload()
+        self.ready = False
+        self.not_ready_reason = "the maps have not been loaded yet"
+        if load:
+            self.reload()
 
     # -- maps in memory ----------------------------------------------------------------------
     @property
     def catalog(self) -> Catalog:
         return self._served[0]
 
+    @property
+    def store(self) -> MapStore:
+        if self._store is None:
+            raise Unavailable(f"the map store is not open yet: {self.not_ready_reason}")
+        return self._store
+
+    def _opened(self) -> MapStore:
+        if self._store is None:
+            assert self._open is not None
+            self._store = self._open()
+        if self._watch:  # once, with the store open
+            self._watch = False
+            self._store.watch(self.reload)
+        return self._store
+
     def reload(self, force: bool = False) -> bool:
         """Load the store's active maps if its generation moved; True if reloaded.
 
-        A failed store read keeps the maps being served; an unreadable stored map is skipped.
+        Only maps whose version changed are read and parsed; the others are kept as they
+        are. A failed store read keeps the maps being served; an unreadable stored map is
+        skipped.
         """
         with self._reload_lock:
             try:
-                generation = self.store.generation()
+                store = self._opened()
+                generation = store.generation()
                 if generation == self._generation and not force:
                     return False
-                stored = self.store.active()
+                entries, calibrations = self._load(store.list())
             except Exception as e:
                 self._on_store_state(False)
                 self._on_store_error()
+                if not self.ready:
+                    self.not_ready_reason = f"the map store could not be read: {e}"
                 if isinstance(e, Unavailable):  # expected during an outage: no traceback
                     log.warning("store unavailable (%s); still serving %d maps", e, len(self.catalog))
                 else:
                     log.exception("store read failed; still serving %d maps", len(self.catalog))
                 return False
             self._on_store_state(True)
-            entries, calibrations = [], {}
-            for m in stored:
+            self._served = (Catalog(entries), calibrations)
+            self._generation = generation
+            self.ready = True
+            self._on_reload(self.catalog, generation)
+            log.info("maps loaded: generation %d, %d maps", generation, len(entries))
+            return True
+
+    def _load(self, active: list[StoredMap]) -> tuple[list[tuple[MapRef, MapObject]], dict[str, Calibration]]:
+        old = self.catalog
+        entries, calibrations = [], {}
+        for m in active:
+            kept = old.entry(m.ref.map_id)
+            if kept is not None and kept[0] == m.ref:
+                entries.append(kept)
+            else:
+                data = self.store.get(m.ref.map_id, m.ref.version).data or b""  # store errors abort
                 try:
-                    entries.append((m.ref, mapfile.loads(m.data or b"", m.ref.map_id)))
+                    entries.append((m.ref, mapfile.loads(data, m.ref.map_id)))
                 except MapFileError:
                     self._on_store_error()
                     log.exception("skipping unreadable stored map %s v%d", m.ref.map_id, m.ref.version)
                     continue
-                calibrations[m.ref.map_id] = Calibration.from_metadata(m.metadata)
-            self._served = (Catalog(entries), calibrations)
-            self._generation = generation
-            self._on_reload(self.catalog, generation)
-            log.info("maps loaded: generation %d, %d maps", generation, len(entries))
-            return True
+            calibrations[m.ref.map_id] = Calibration.from_metadata(m.metadata)
+        return entries, calibrations
+
+    def _served_now(self) -> tuple[Catalog, dict[str, Calibration]]:
+        if not self.ready:
+            raise Unavailable(f"this server is not ready: {self.not_ready_reason}; it retries")
+        return self._served
 
     # -- requests ----------------------------------------------------------------------------
     def check_rows(self, rows: int, name: str) -> None:
@@ -112,13 +212,78 @@ class Translator:
         if rows > self.max_batch:
             raise LimitExceeded(f"{name} has {rows} rows; the limit is {self.max_batch} per request")
 
+    def translate_job(
+        self, x: np.ndarray, source: str, target: str, kind: str = "any"
+    ) -> tuple[Job[np.ndarray], MapRef]:
+        """A job turning (n, d_source) ``x`` into (n, d_target) float32 in ``target``'s space."""
+        self.check_rows(x.shape[0], "embeddings")
+        m, ref = self._served_now()[0].resolve(source, target, kind)
+        x = check_embeddings(x, name="embeddings", dim=m.n_features_in_)
+        out = np.empty((x.shape[0], m.n_features_out_), np.float32)
+
+        def work(i: int, j: int) -> None:
+            out[i:j] = m.transform(x[i:j])
+
+        per_row = macs_per_row(m)
+        return Job(x.shape[0], x.shape[0] * per_row, out.nbytes, work, lambda: out, _block(per_row)), ref
+
     def translate(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
     ) -> tuple[np.ndarray, MapRef]:
         """(n, d_source) -> ((n, d_target) in ``target``'s space, the map used)."""
-        self.check_rows(x.shape[0], "embeddings")
-        m, ref = self.catalog.resolve(source, target, kind)
-        return m.transform(x), ref
+        job, ref = self.translate_job(x, source, target, kind)
+        return job.run(), ref
+
+    def compare_job(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        model_a: str,
+        model_b: str,
+        *,
+        kind: str = "any",
+        far: float = 0.0,
+    ) -> Job[Comparison]:
+        """A job scoring row i of ``a`` (model A) against row i of ``b`` (model B), in B's
+        space: a cosine, or the scoring the map file records (centred, S-norm). Its result is
+        a :class:`Comparison`; with ``far`` > 0 the map's calibrated threshold at that FAR
+        decides ``same``."""
+        self.check_rows(a.shape[0], "a")
+        self.check_rows(b.shape[0], "b")
+        if a.shape[0] != b.shape[0]:
+            raise EmbeddingError(f"a and b must hold the same number of rows: {a.shape[0]} != {b.shape[0]}")
+        catalog, calibrations = self._served_now()
+        if model_a == model_b:
+            dims = catalog.models()
+            if model_a not in dims:
+                raise MapNotFound(f"unknown model {model_a!r}; models with maps: {sorted(dims)}")
+            a = check_embeddings(a, name="a", dim=dims[model_a])
+            b = check_embeddings(b, name="b", dim=dims[model_a])
+            result = Comparison(np.empty(a.shape[0], np.float32), space=model_b)
+            calibration, per_row = Calibration(), 2 * a.shape[1]
+
+            def work(i: int, j: int) -> None:
+                result.scores[i:j] = COSINE.rows(a[i:j], b[i:j])
+
+        else:
+            m, ref = catalog.resolve(model_a, model_b, kind)
+            a = check_embeddings(a, name="a", dim=m.n_features_in_)
+            b = check_embeddings(b, name="b", dim=m.n_features_out_)
+            result = Comparison(
+                np.empty(a.shape[0], np.float32), space=model_b, map=ref, scoring=m.score_space.kind
+            )
+            calibration, per_row = calibrations.get(ref.map_id, Calibration()), macs_per_row(m)
+
+            def work(i: int, j: int) -> None:
+                result.scores[i:j] = m.score_rows(m.transform(a[i:j]), b[i:j])
+
+        def finish() -> Comparison:
+            if far > 0:
+                result.threshold = calibration.threshold(far)
+                result.same = result.scores >= result.threshold
+            return result
+
+        return Job(a.shape[0], a.shape[0] * per_row, 5 * a.shape[0], work, finish, _block(per_row))
 
     def compare(
         self,
@@ -130,38 +295,12 @@ class Translator:
         kind: str = "any",
         far: float = 0.0,
     ) -> Comparison:
-        """Score of row i of ``a`` (model A) against row i of ``b`` (model B), in B's space:
-        a cosine, or the scoring the map file records (centred, S-norm).
-
-        With ``far`` > 0 the map's calibrated threshold at that FAR decides ``same``.
-        """
-        self.check_rows(a.shape[0], "a")
-        self.check_rows(b.shape[0], "b")
-        if a.shape[0] != b.shape[0]:
-            raise EmbeddingError(f"a and b must hold the same number of rows: {a.shape[0]} != {b.shape[0]}")
-        catalog, calibrations = self._served
-        if model_a == model_b:
-            dims = catalog.models()
-            if model_a not in dims:
-                raise MapNotFound(f"unknown model {model_a!r}; models with maps: {sorted(dims)}")
-            a = check_embeddings(a, name="a", dim=dims[model_a])
-            b = check_embeddings(b, name="b", dim=dims[model_a])
-            result = Comparison(COSINE.rows(a, b), space=model_b)
-            calibration = Calibration()
-        else:
-            m, ref = catalog.resolve(model_a, model_b, kind)
-            a_b = m.transform(a)
-            b = check_embeddings(b, name="b", dim=a_b.shape[1])
-            result = Comparison(m.score_rows(a_b, b), space=model_b, map=ref, scoring=m.score_space.kind)
-            calibration = calibrations.get(ref.map_id, Calibration())
-        if far > 0:
-            result.threshold = calibration.threshold(far)
-            result.same = result.scores >= result.threshold
-        return result
+        """See :meth:`compare_job`; runs it at once."""
+        return self.compare_job(a, b, model_a, model_b, kind=kind, far=far).run()
 
     # -- map management ----------------------------------------------------------------------
     def models(self) -> dict[str, int]:
-        return self.catalog.models()
+        return self._served_now()[0].models()
 
     def list(self, *, all_versions: bool = False, source: str = "", target: str = "") -> list[StoredMap]:
         """Stored maps (active ones unless ``all_versions``), optionally by model."""
@@ -172,8 +311,8 @@ class Translator:
             and (not target or target in (m.target, *m.hub_models))
         ]
 
-    def get(self, map_id: str, version: int | None = None) -> StoredMap:
-        return self.store.get(map_id, version)
+    def get(self, map_id: str, version: int | None = None, *, with_data: bool = True) -> StoredMap:
+        return self.store.get(map_id, version, with_data=with_data)
 
     def publish(self, data: bytes) -> StoredMap:
         stored = self.store.publish(data)

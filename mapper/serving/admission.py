@@ -1,0 +1,129 @@
+"""Admission by cost: a call is let in, or refused at once with the reason, before any work.
+
+A :class:`~mapper.serving.translator.Job` knows its cost before it runs: multiply-adds (rows
+x its map's cost per row) and the bytes of its reply. Three budgets bound what callers can
+make a server do:
+
+- per call: no single call may cost more than ``call_macs`` (a client splits larger work);
+- in flight: the calls admitted and not yet finished together hold at most
+  ``inflight_macs`` of work and ``inflight_bytes`` of requests and replies, which bounds the
+  CPU queue and the memory a burst can take;
+- per client (when clients are known by their tokens): a token bucket refilled at
+  ``client_macs_per_s``, holding at most one maximal call, so no client takes more than
+  its share over time. Each call also costs ``CALL_MACS`` there, so floods of tiny calls
+  count too.
+
+Refusals are :class:`~mapper.errors.LimitExceeded` (RESOURCE_EXHAUSTED over gRPC).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mapper.errors import LimitExceeded
+
+#: What one call costs a client's rate budget besides its arithmetic (protocol work, about
+#: 0.1 ms of a core).
+CALL_MACS = 2**20
+GIGA = 1e9
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits in multiply-adds and bytes; ``client_macs_per_s`` None: no per-client limit."""
+
+    call_macs: float = 16 * GIGA
+    inflight_macs: float = 64 * GIGA
+    inflight_bytes: int = 1 << 30
+    client_macs_per_s: float | None = None
+
+
+@dataclass
+class _Bucket:
+    level: float
+    at: float
+
+
+@dataclass
+class Ticket:
+    """Admitted work; ``release()`` (or leaving the ``with`` block) returns its budget once."""
+
+    _release: Callable[[], None] | None = field(repr=False)
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release, release = None, self._release
+            release()
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Admission:
+    """Thread-safe accounting of the budgets (see the module's docstring)."""
+
+    def __init__(self, budgets: Budgets | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budgets = budgets or Budgets()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.inflight_macs = 0.0
+        self.inflight_bytes = 0
+        self._buckets: dict[str, _Bucket] = {}
+
+    def admit(
+        self, macs: float, nbytes: int, *, client: str | None = None, what: str = "this call"
+    ) -> Ticket:
+        """A :class:`Ticket` for work of ``macs`` multiply-adds holding ``nbytes`` bytes, or
+        :class:`LimitExceeded` saying which budget it would break and what to do."""
+        b = self.budgets
+        if macs > b.call_macs:
+            raise LimitExceeded(
+                f"{what} costs {macs / GIGA:.1f} G multiply-adds, over the per-call budget of "
+                f"{b.call_macs / GIGA:.1f} G: send it in smaller requests"
+            )
+        with self._lock:
+            if self.inflight_macs and self.inflight_macs + macs > b.inflight_macs:
+                raise LimitExceeded(
+                    f"server busy: {self.inflight_macs / GIGA:.1f} G multiply-adds in flight, and {what}'s "
+                    f"{macs / GIGA:.1f} G would exceed the budget of {b.inflight_macs / GIGA:.1f} G; "
+                    "retry with backoff"
+                )
+            if self.inflight_bytes and self.inflight_bytes + nbytes > b.inflight_bytes:
+                raise LimitExceeded(
+                    f"server busy: {self.inflight_bytes / 2**20:.0f} MiB of requests and replies in "
+                    f"flight, and {what}'s {nbytes / 2**20:.0f} MiB would exceed the budget of "
+                    f"{b.inflight_bytes / 2**20:.0f} MiB; retry with backoff"
+                )
+            if client is not None and b.client_macs_per_s is not None:
+                self._charge(client, macs + CALL_MACS)
+            self.inflight_macs += macs
+            self.inflight_bytes += nbytes
+
+        def release() -> None:
+            with self._lock:
+                self.inflight_macs -= macs
+                self.inflight_bytes -= nbytes
+
+        return Ticket(release)
+
+    def _charge(self, client: str, macs: float) -> None:
+        rate = self.budgets.client_macs_per_s
+        assert rate is not None
+        capacity = self.budgets.call_macs + CALL_MACS
+        now = self._clock()
+        bucket = self._buckets.setdefault(client, _Bucket(capacity, now))
+        bucket.level = min(capacity, bucket.level + (now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.level < macs:
+            wait = (macs - bucket.level) / rate
+            raise LimitExceeded(
+                f"client {client!r} is over its rate of {rate / GIGA:.2f} G multiply-adds per second; "
+                f"retry in {wait:.2f} s"
+            )
+        bucket.level -= macs
