@@ -4,7 +4,9 @@ that maps its errors to gRPC statuses (a real in-process gRPC server on loopback
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ import pytest
 from mapper import LinearMap, RotationMap
 from mapper.core import mapfile
 from mapper.core.calibration import Calibration
-from mapper.errors import EmbeddingError, InvalidInput, LimitExceeded, MapNotFound
+from mapper.errors import EmbeddingError, InvalidInput, LimitExceeded, MapNotFound, Unavailable
 from mapper.serving.sqlite import SQLiteMapStore
 from mapper.serving.translator import Translator
 from service import metrics
@@ -142,3 +144,53 @@ def test_interceptor_maps_errors_and_counts_streams(tmp_path):
             assert err.value.details().startswith("stream message 1:")
     compute.shutdown()
     assert failed._value.get() == before + 1
+
+
+class CountingStore(SQLiteMapStore):
+    """Counts reads of map bytes."""
+
+    blob_reads = 0
+
+    def get(self, map_id, version=None, *, with_data=True):
+        self.blob_reads += with_data
+        return super().get(map_id, version, with_data=with_data)
+
+
+def test_a_write_reloads_only_what_changed_and_frees_the_old_catalog(tmp_path):
+    store = CountingStore(tmp_path / "maps.sqlite")
+    store.publish(linear_file())
+    store.publish(mapfile.dumps(RotationMap(source_id="a", target_id="b").fit(X, Y)))
+    translator = Translator(store)
+    assert store.blob_reads == 2
+    kept = translator.catalog.entry("a->b:rotation")[1]
+    old = weakref.ref(translator.catalog)
+    gc.disable()  # freed by reference counting, at once, not by a later collection
+    try:
+        translator.publish(linear_file(threshold=0.7))
+        assert old() is None
+    finally:
+        gc.enable()
+    assert store.blob_reads == 3  # only the new version's bytes
+    assert translator.catalog.entry("a->b:rotation")[1] is kept
+    # Metadata calls never read map bytes.
+    translator.list(all_versions=True)
+    assert translator.get("a->b:linear", with_data=False).data is None
+    assert store.blob_reads == 3
+
+
+def test_requests_wait_for_the_first_load(tmp_path):
+    opened = []
+
+    def open_store():
+        opened.append(1)
+        if len(opened) < 3:
+            raise Unavailable("database down")
+        store = SQLiteMapStore(tmp_path / "maps.sqlite")
+        store.publish(linear_file())
+        return store
+
+    translator = Translator(open_store)
+    with pytest.raises(Unavailable, match="not ready: the map store could not be read: database down"):
+        translator.translate(X[:1], "a", "b")
+    assert translator.reload() is False and translator.reload() is True
+    assert translator.translate(X[:1], "a", "b")[0].shape == (1, 12)

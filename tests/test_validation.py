@@ -16,6 +16,8 @@ from mapper import (
     RotationMap,
     UnderdeterminedWarning,
 )
+from mapper.core.kinds import DIRECT
+from mapper.core.selection import attach_scoring
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((100, 8))
@@ -99,3 +101,23 @@ def test_unfitted_and_invalid_parameters():
         MLPMap(epochs=1).fit(X, Y).inverse_transform(Y)
     with pytest.raises(EmbeddingError, match="unknown reference"):
         CanonicalSpace().fit({"a": X, "b": Y}).add_model("c", X, references={"zzz": X})
+
+
+@pytest.mark.parametrize("kind", [*DIRECT, "hub"])
+@pytest.mark.parametrize("scale", [0.0, 1e-40, 1e-20])
+def test_one_rule_for_rows_without_direction(kind, scale):
+    """A row whose norm is below MIN_NORM is no template: every kind maps it to a zero row
+    and every scoring scores it 0 (a 1e-40-scaled face once became a unit template under a
+    tuned map and a zero row under a linear one)."""
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((300, 16)), rng.standard_normal((300, 12))
+    if kind == "hub":
+        m = CanonicalSpace(name="h", max_iter=2).fit({"a": X, "b": Y}).mapping("a", "b")
+    else:
+        m = attach_scoring(DIRECT[kind](source_id="a", target_id="b").fit(X, Y), "snorm", X, Y)
+    x = np.vstack([scale * X[:1], X[1:2]]).astype(np.float32)
+    out = m.transform(x)
+    assert not out[0].any()
+    np.testing.assert_allclose(np.linalg.norm(out[1]), 1, atol=1e-5)
+    scores = m.score_rows(out, Y[:2].astype(np.float32))
+    assert scores[0] == 0 and scores[1] != 0

@@ -1,0 +1,347 @@
+"""mapper-serve under hostile load and misconfiguration, each against a real server process:
+flags that would weaken security, health beside idle streams and maximal calls, admission by
+cost, work stopped on cancel and deadline, memory across publishes, readiness with the store
+down, and draining under load."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mapper import KernelMap, LinearMap
+from mapper.core import mapfile
+from mapper.serving.sqlite import SQLiteMapStore
+from service import convert
+from service.client import MapperClient
+from service.gen import mapper_pb2 as pb
+from service.gen import mapper_pb2_grpc as pb_grpc
+
+from .servers import free_port, start_server
+from .test_service_load import rss_mib
+
+TOKEN = "limits-admin-token-0123456789"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+rng = np.random.default_rng(3)
+#: Kernel maps on 128-d embeddings are the costliest per row the project fits (2,048
+#: landmarks): a 65,000-row Compare is the maximal request of the issue (63.5 MiB, ~20 CPU-s).
+D = 128
+ROWS = 65_000
+
+
+@pytest.fixture(scope="module")
+def heavy_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("heavy") / "maps.sqlite"
+    X, Y = rng.standard_normal((2500, D)), rng.standard_normal((2500, D))
+    store = SQLiteMapStore(path)
+    store.publish(mapfile.dumps(KernelMap(source_id="a", target_id="b").fit(X, Y)))
+    store.publish(mapfile.dumps(LinearMap(source_id="a", target_id="c").fit(X, Y)))
+    store.publish(mapfile.dumps(LinearMap(source_id="e", target_id="f").fit(X[:, :16], np.tile(Y, 4))))
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+
+
+def compare_request(rows: int) -> pb.CompareRequest:
+    x = rng.standard_normal((rows, D)).astype(np.float32)
+    return pb.CompareRequest(model_a="a", model_b="b", a=convert.from_array(x), b=convert.from_array(x))
+
+
+def health(channel: grpc.Channel, timeout: float = 1.0) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
+
+
+# -- 1. flags ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tls-client-ca", "{pem}"], "--tls-client-ca (mutual TLS) needs --tls-cert"),
+        (["--tls-cert", "{pem}"], "--tls-cert and --tls-key go together"),
+        (["--admin-token-file", "{missing}"], "nope: no such file"),
+        (["--admin-token-file", "{blank}"], "holds no token"),
+        (["--keep-versions", "0"], "--keep-versions must be > 0"),
+        (["--max-call-gmacs", "nan"], "--max-call-gmacs must be > 0"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+    ],
+)
+def test_flags_that_weaken_what_was_asked_refuse_to_start(tmp_path, heavy_store, flags, message):
+    """Never a silent fallback: a CA without a certificate used to serve plaintext and log
+    mtls: true; --keep-versions 0 crashed with a traceback."""
+    (tmp_path / "x.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "blank").write_text("  \n")
+    paths = {"pem": tmp_path / "x.pem", "missing": tmp_path / "nope", "blank": tmp_path / "blank"}
+    args = [f.format(**paths) for f in flags]
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--store", str(heavy_store), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr, done.stderr
+
+
+# -- 2. health beside idle streams and maximal calls ---------------------------------------------
+def test_health_and_small_calls_answer_beside_idle_streams_and_maximal_compares(tmp_path, heavy_store):
+    srv = start_server(
+        tmp_path, heavy_store, "--max-call-gmacs", "1000", "--max-inflight-gmacs", "10000",
+        "--max-inflight-mb", "4096",
+    )  # fmt: skip
+    release = threading.Event()
+
+    def idle():
+        release.wait()
+        yield from ()
+
+    channel = grpc.insecure_channel(srv.address, options=[("grpc.max_send_message_length", 128 << 20)])
+    stub = pb_grpc.MapperServiceStub(channel)
+    streams = [stub.TranslateStream(idle(), timeout=120) for _ in range(32)]
+    compares = [stub.Compare.future(compare_request(ROWS), timeout=120) for _ in range(8)]
+    try:
+        time.sleep(3)  # the compares are received and running
+        assert cpu_seconds(srv.proc.pid) > 1
+        latencies = []
+        with grpc.insecure_channel(srv.address) as probe, srv.client(timeout=1) as small:
+            for _ in range(20):
+                t0 = time.perf_counter()
+                assert health(probe) == SERVING
+                latencies.append(time.perf_counter() - t0)
+                y, _ = small.translate(np.ones((1, D), np.float32), "a", "c")
+                assert y.shape == (1, D)
+                time.sleep(0.1)
+        assert max(latencies) < 1.0, latencies
+        assert not any(f.done() for f in compares)  # they were running all along
+    finally:
+        for f in compares:
+            f.cancel()
+        release.set()
+        for s in streams:
+            s.cancel()
+        channel.close()
+    t_cancel = time.monotonic()
+    cpu = cpu_seconds(srv.proc.pid)
+    time.sleep(2)
+    # Cancelled work stops within a row block: the eight calls had minutes of work left.
+    assert cpu_seconds(srv.proc.pid) - cpu < 1.0, time.monotonic() - t_cancel
+    srv.stop()
+
+
+# -- 3. admission by cost --------------------------------------------------------------------------
+def test_calls_are_admitted_by_cost_before_any_work(tmp_path, heavy_store):
+    srv = start_server(
+        tmp_path,
+        heavy_store,
+        "--max-message-mb",
+        "16",
+        "--max-call-gmacs",
+        "2.5",
+        "--max-inflight-gmacs",
+        "3",
+    )
+    x = rng.standard_normal((8000, D)).astype(np.float32)
+    with srv.client(timeout=30) as c:
+        cpu = cpu_seconds(srv.proc.pid)
+        t0 = time.perf_counter()
+        # Over the per-call budget (~4.5 G multiply-adds): refused at once, saying what to do.
+        with pytest.raises(grpc.RpcError) as err:
+            c.compare(x, "a", x, "b")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "per-call budget" in err.value.details() and "smaller requests" in err.value.details()
+        # A reply over the message limit (10,000 x 512 float32 = 20 MiB) is refused before the work.
+        with pytest.raises(grpc.RpcError) as err:
+            c.translate(rng.standard_normal((10_000, 16)).astype(np.float32), "e", "f")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "reply would be 19.5 MiB" in err.value.details()
+        assert time.perf_counter() - t0 < 2 and cpu_seconds(srv.proc.pid) - cpu < 0.5
+        # Beyond the in-flight budget: "server busy" while another call holds most of it.
+        running = pb_grpc.MapperServiceStub(c.channel).Compare.future(compare_request(4000), timeout=60)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as err:
+            c.compare(x[:4000], "a", x[:4000], "b")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "server busy" in err.value.details()
+        assert len(running.result().scores) == 4000
+        assert c.compare(x[:4000], "a", x[:4000], "b").scores.shape == (4000,)  # admitted once it is done
+    srv.stop()
+
+
+def test_each_known_client_has_a_rate(tmp_path, heavy_store):
+    (tmp_path / "clients").write_text("gate gate-token-0123456789abcdef\nbulk bulk-token-0123456789abcdef\n")
+    srv = start_server(
+        tmp_path, heavy_store, "--client-tokens-file", str(tmp_path / "clients"),
+        "--client-gmacs-per-s", "0.5", "--max-call-gmacs", "2",
+    )  # fmt: skip
+    x = rng.standard_normal((3000, D)).astype(np.float32)  # ~1.7 G multiply-adds a call
+    with (
+        srv.client(token="bulk-token-0123456789abcdef") as bulk,
+        srv.client(token="gate-token-0123456789abcdef") as gate,
+    ):
+        bulk.compare(x, "a", x, "b")  # the burst: at most one maximal call
+        with pytest.raises(grpc.RpcError) as err:
+            bulk.compare(x, "a", x, "b")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "client 'bulk' is over its rate" in err.value.details()
+        assert gate.compare(x, "a", x, "b").scores.shape == (3000,)  # another client is not held back
+    srv.stop()
+
+
+# -- 4. deadlines and cancellation ------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+def test_work_stops_when_the_client_gives_up(tmp_path, heavy_store, how):
+    srv = start_server(tmp_path, heavy_store, "--max-call-gmacs", "1000")
+    with grpc.insecure_channel(srv.address, options=[("grpc.max_send_message_length", 128 << 20)]) as ch:
+        call = pb_grpc.MapperServiceStub(ch).Compare.future(
+            compare_request(ROWS), timeout=1.0 if how == "deadline" else 60
+        )
+        time.sleep(1.5)
+        if how == "cancel":
+            call.cancel()
+        with pytest.raises(grpc.FutureCancelledError if how == "cancel" else grpc.RpcError):
+            call.result()
+        time.sleep(0.3)
+        cpu = cpu_seconds(srv.proc.pid)
+        time.sleep(2)
+        spent = cpu_seconds(srv.proc.pid) - cpu
+    # It had ~20 CPU-seconds of work left; one row block is tens of milliseconds.
+    assert spent < 0.3, f"{spent:.2f} CPU-s spent after the client gave up"
+    srv.stop()
+
+
+# -- 5. memory follows the maps ---------------------------------------------------------------------
+def test_memory_stays_flat_across_publishes(tmp_path):
+    store = tmp_path / "maps.sqlite"
+    X, Y = rng.standard_normal((600, 512)), rng.standard_normal((600, 512))
+    for i in range(8):  # ~40 MiB of maps that do not change
+        SQLiteMapStore(store).publish(
+            mapfile.dumps(LinearMap(alpha=1.0, source_id=f"m{i}", target_id="t").fit(X, Y))
+        )
+    srv = start_server(tmp_path, store, "--admin-token", TOKEN)
+    small_x, small_y = rng.standard_normal((100, 16)), rng.standard_normal((100, 12))
+    with srv.client(admin_token=TOKEN) as c:
+        for i in range(100):
+            m = LinearMap(source_id="s", target_id="u").fit(small_x + i, small_y)
+            c.put_mapping(m)
+        time.sleep(1)
+        assert [m.ref.version for m in c.list_mappings(source="s")] == [100]
+    after = rss_mib(srv.proc.pid)
+    srv.stop()
+    fresh = start_server(tmp_path, store)
+    time.sleep(1)
+    baseline = rss_mib(fresh.proc.pid)
+    fresh.stop()
+    assert after < 1.15 * baseline, f"{after:.0f} MiB after 100 publishes, {baseline:.0f} MiB fresh"
+
+
+# -- 6. readiness -----------------------------------------------------------------------------------
+def test_a_replica_is_not_serving_until_its_maps_are_loaded(tmp_path, postgres):
+    """PostgreSQL down while a replica starts: it used to report SERVING with 0 maps and
+    answer NOT_FOUND. (``postgres`` only for its policy when the binaries are missing; this
+    test stops its own server.)"""
+    from .postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        url = pg.new_database()
+        from mapper.serving.postgres import PostgresMapStore
+
+        X, Y = rng.standard_normal((300, 16)), rng.standard_normal((300, 12))
+        PostgresMapStore(url).publish(mapfile.dumps(LinearMap(source_id="a", target_id="b").fit(X, Y)))
+        pg.kill()
+        port = free_port()
+        log = tmp_path / "server.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "service",
+                    "--store",
+                    url,
+                    "--port",
+                    str(port),
+                    "--metrics-port",
+                    "-1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, MapperClient(f"127.0.0.1:{port}") as c:
+                time.sleep(2)
+                assert health(ch, 5) == NOT_SERVING
+                with pytest.raises(grpc.RpcError) as err:
+                    c.translate(X[:1].astype(np.float32), "a", "b")
+                assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "not ready" in err.value.details() and "store" in err.value.details()
+                events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+                assert any(e.get("event") == "not_ready" and "store" in e["reason"] for e in events)
+                pg.start()
+                deadline = time.monotonic() + 30
+                while health(ch, 5) != SERVING:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.2)
+                assert c.translate(X[:1].astype(np.float32), "a", "b")[0].shape == (1, 12)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+# -- 7. drain under load ----------------------------------------------------------------------------
+def test_drain_under_load(tmp_path, heavy_store):
+    """SIGTERM: NOT_SERVING visible while calls are still answered (--drain), calls in flight
+    finish within --grace, new calls are refused with UNAVAILABLE, and the process exits
+    within drain + grace + 1 s."""
+    drain, grace = 2.0, 4.0
+    srv = start_server(tmp_path, heavy_store, "--drain", str(drain), "--grace", str(grace))
+    results: list[str] = []
+    stop = threading.Event()
+    x = rng.standard_normal((2000, D)).astype(np.float32)  # ~0.3 s of work a call
+
+    def client() -> None:
+        with srv.client(timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    c.compare(x, "a", x, "b")
+                    results.append("OK")
+                except grpc.RpcError as e:
+                    results.append(e.code().name)
+                    if e.code() is grpc.StatusCode.UNAVAILABLE:
+                        return
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    with grpc.insecure_channel(srv.address) as ch:
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert health(ch, 5) == NOT_SERVING
+        ok_at_drain = results.count("OK")
+        time.sleep(drain / 2)
+        assert results.count("OK") > ok_at_drain  # still answering during the drain
+        code = srv.proc.wait(drain + grace + 5)
+        took = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert code == 0
+    assert took < drain + grace + 1, took
+    assert set(results) <= {"OK", "UNAVAILABLE"}, set(results)
