@@ -138,6 +138,7 @@ def main() -> None:
         help="servers on the last CPU, the load generator on the others (as if it were another host)",
     )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
+    ap.add_argument("--server-args", default="", help="extra mapper-serve flags, e.g. '--workers 2'")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     ap.add_argument("--echo-matmul", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,7 +164,13 @@ def main() -> None:
             raise SystemExit("--pin needs two or more CPUs")
         os.sched_setaffinity(0, cpus[-1:])  # inherited by every server process started below
     translate = start_service(
-        tmp / "maps.sqlite", "--metrics-port", "-1", "--log-level", "WARNING", workdir=tmp
+        tmp / "maps.sqlite",
+        "--metrics-port",
+        "-1",
+        "--log-level",
+        "WARNING",
+        *args.server_args.split(),
+        workdir=tmp,
     )
     echoes = {
         name: subprocess.Popen(

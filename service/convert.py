@@ -23,11 +23,12 @@ def to_array(msg: pb.Embeddings, name: str = "embeddings") -> np.ndarray:
     if msg.rows == 0 or msg.dim == 0:
         raise EmbeddingError(f"{name} is empty (rows={msg.rows}, dim={msg.dim})")
     expected = msg.rows * msg.dim * 4
-    if len(msg.data) != expected:
+    data = msg.data  # each access copies the bytes out of the message: once only
+    if len(data) != expected:
         raise EmbeddingError(
-            f"{name}: {len(msg.data)} bytes do not hold {msg.rows} x {msg.dim} float32 ({expected} bytes)"
+            f"{name}: {len(data)} bytes do not hold {msg.rows} x {msg.dim} float32 ({expected} bytes)"
         )
-    return np.frombuffer(msg.data, dtype=_F32).reshape(msg.rows, msg.dim)
+    return np.frombuffer(data, dtype=_F32).reshape(msg.rows, msg.dim)
 
 
 def from_array(x: np.ndarray) -> pb.Embeddings:

@@ -18,13 +18,12 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 import grpc
-import numpy as np
 
 from mapper.errors import InvalidInput, LimitExceeded, TritonUnavailableError
 from mapper.faces.embed import FaceEmbedder
-from mapper.serving.admission import Admission
+from mapper.serving.admission import Admission, Ticket
 from mapper.serving.catalog import check_name
-from mapper.serving.translator import Job, T, Translator
+from mapper.serving.translator import Cost, Job, T, Translator
 
 from . import convert, metrics
 from .gen import mapper_pb2 as pb
@@ -62,10 +61,6 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         self.max_reply_bytes = max_reply_bytes
         self.stream_idle = stream_idle
 
-    def _array(self, msg: pb.Embeddings, name: str) -> np.ndarray:
-        self.translator.check_rows(msg.rows, name)  # before the bytes are looked at
-        return convert.to_array(msg, name)
-
     @staticmethod
     def _kind(value: int) -> str:
         kind = convert.KIND_NAMES.get(value)
@@ -73,17 +68,20 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
         return kind
 
-    async def _run(self, job: Job[T], request_bytes: int, context: grpc.aio.ServicerContext, what: str) -> T:
-        """Admit ``job`` by its cost, run it, and stop it if the call ends first."""
-        if job.reply_bytes > self.max_reply_bytes:
+    def _admit(self, cost: Cost, request_bytes: int, what: str) -> Ticket:
+        """Admit a call by its cost, from the request's shape alone: a refused call never
+        has its embeddings' bytes read (for a 64 MiB request that is most of its cost)."""
+        if cost.reply_bytes > self.max_reply_bytes:
             raise LimitExceeded(
-                f"the reply would be {job.reply_bytes / 2**20:.1f} MiB, over the message limit of "
+                f"the reply would be {cost.reply_bytes / 2**20:.1f} MiB, over the message limit of "
                 f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
             )
-        ticket = self.admission.admit(
-            job.macs, request_bytes + job.reply_bytes, client=CLIENT.get(), what=what
-        )
-        if job.macs <= INLINE_MACS:
+        nbytes = request_bytes + cost.reply_bytes
+        return self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
+
+    async def _run(self, job: Job[T], cost: Cost, ticket: Ticket, context: grpc.aio.ServicerContext) -> T:
+        """Run admitted work (inline when small), and stop it if the call ends first."""
+        if cost.macs <= INLINE_MACS:
             with ticket:
                 return job.run()
         cancelled = threading.Event()
@@ -106,9 +104,17 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     ) -> pb.TranslateResponse:
         source = check_name(request.source_model, "source_model")
         target = check_name(request.target_model, "target_model")
-        x = self._array(request.embeddings, "embeddings")
-        job, ref = self.translator.translate_job(x, source, target, self._kind(request.kind))
-        y = await self._run(job, x.nbytes, context, f"translating {x.shape[0]} rows with {ref.map_id}")
+        kind, msg = self._kind(request.kind), request.embeddings
+        cost = self.translator.translate_cost(source, target, kind, msg.rows)
+        what = f"translating {msg.rows} rows from {source} to {target}"
+        ticket = self._admit(cost, 4 * msg.rows * msg.dim, what)
+        try:
+            x = convert.to_array(msg, "embeddings")
+            job, ref = self.translator.translate_job(x, source, target, kind)
+        except BaseException:
+            ticket.release()
+            raise
+        y = await self._run(job, cost, ticket, context)
         metrics.translated(source, target).inc(x.shape[0])
         return pb.TranslateResponse(
             embeddings=convert.from_array(y),
@@ -145,9 +151,20 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         kind = self._kind(request.kind)
         if not 0 <= request.far < 1:  # also false for NaN
             raise InvalidInput(f"far must be in [0, 1) (0: scores only), got {request.far}")
-        a, b = self._array(request.a, "a"), self._array(request.b, "b")
-        job = self.translator.compare_job(a, b, model_a, model_b, kind=kind, far=request.far)
-        result = await self._run(job, a.nbytes + b.nbytes, context, f"comparing {a.shape[0]} rows")
+        if request.a.rows != request.b.rows:
+            raise InvalidInput(
+                f"a and b must hold the same number of rows: {request.a.rows} != {request.b.rows}"
+            )
+        cost = self.translator.compare_cost(model_a, model_b, kind, request.a.rows)
+        what = f"comparing {request.a.rows} rows of {model_a} with {model_b}"
+        ticket = self._admit(cost, 8 * request.a.rows * request.a.dim, what)
+        try:
+            a, b = convert.to_array(request.a, "a"), convert.to_array(request.b, "b")
+            job = self.translator.compare_job(a, b, model_a, model_b, kind=kind, far=request.far)
+        except BaseException:
+            ticket.release()
+            raise
+        result = await self._run(job, cost, ticket, context)
         reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist(), scoring=result.scoring)
         if result.map is not None:
             reply.map.CopyFrom(convert.ref_to_pb(result.map))

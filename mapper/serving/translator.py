@@ -22,7 +22,7 @@ from mapper.core.calibration import Calibration
 from mapper.core.mapfile import MapObject
 from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import COSINE
-from mapper.core.validation import check_embeddings
+from mapper.core.validation import check_embeddings, check_finite
 from mapper.errors import Cancelled, EmbeddingError, LimitExceeded, MapFileError, MapNotFound, Unavailable
 from mapper.serving.catalog import Catalog, MapRef
 from mapper.serving.store import MapStore, StoredMap
@@ -52,18 +52,22 @@ Stop = Callable[[], bool]
 T = TypeVar("T")
 
 
-@dataclass
-class Job(Generic[T]):
-    """A request resolved to its map, with its cost known before any work is done.
-
-    ``macs``: multiply-adds (rows x the map's cost per row); ``reply_bytes``: the result's
-    size. ``run(stop)`` does the work in row blocks and raises :class:`Cancelled` as soon as
-    ``stop()`` is true between two blocks.
-    """
+@dataclass(frozen=True)
+class Cost:
+    """What a request will cost, known from its shape before its bytes are read:
+    ``macs`` multiply-adds (rows x the map's cost per row) and ``reply_bytes``."""
 
     rows: int
     macs: int
     reply_bytes: int
+
+
+@dataclass
+class Job(Generic[T]):
+    """A request resolved to its map; ``run(stop)`` does the work in row blocks and raises
+    :class:`Cancelled` as soon as ``stop()`` is true between two blocks."""
+
+    rows: int
     work: Callable[[int, int], None]  # computes rows [start, stop)
     result: Callable[[], T]
     block: int
@@ -212,20 +216,41 @@ class Translator:
         if rows > self.max_batch:
             raise LimitExceeded(f"{name} has {rows} rows; the limit is {self.max_batch} per request")
 
+    def translate_cost(self, source: str, target: str, kind: str, rows: int) -> Cost:
+        """What translating ``rows`` rows would cost (NOT_FOUND etc. as translate would)."""
+        self.check_rows(rows, "embeddings")
+        m, _ = self._served_now()[0].resolve(source, target, kind)
+        return Cost(rows, rows * macs_per_row(m), rows * m.n_features_out_ * 4)
+
+    def compare_cost(self, model_a: str, model_b: str, kind: str, rows: int) -> Cost:
+        """What comparing ``rows`` row pairs would cost."""
+        self.check_rows(rows, "a")
+        catalog = self._served_now()[0]
+        if model_a == model_b:
+            per_row = 2 * catalog.models().get(model_a, 0)
+        else:
+            per_row = macs_per_row(catalog.resolve(model_a, model_b, kind)[0])
+        return Cost(rows, rows * per_row, 5 * rows)
+
     def translate_job(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
     ) -> tuple[Job[np.ndarray], MapRef]:
         """A job turning (n, d_source) ``x`` into (n, d_target) float32 in ``target``'s space."""
         self.check_rows(x.shape[0], "embeddings")
         m, ref = self._served_now()[0].resolve(source, target, kind)
-        x = check_embeddings(x, name="embeddings", dim=m.n_features_in_)
+        # NaN/Inf are found by the map on the way (it reports the row of its block; the
+        # whole input is scanned again only then, for the row number in the request).
+        x = check_embeddings(x, name="embeddings", dim=m.n_features_in_, finite=False)
         out = np.empty((x.shape[0], m.n_features_out_), np.float32)
 
         def work(i: int, j: int) -> None:
-            out[i:j] = m.transform(x[i:j])
+            try:
+                out[i:j] = m.transform(x[i:j])
+            except EmbeddingError:
+                check_finite(x, "embeddings")
+                raise
 
-        per_row = macs_per_row(m)
-        return Job(x.shape[0], x.shape[0] * per_row, out.nbytes, work, lambda: out, _block(per_row)), ref
+        return Job(x.shape[0], work, lambda: out, _block(macs_per_row(m))), ref
 
     def translate(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
@@ -283,7 +308,7 @@ class Translator:
                 result.same = result.scores >= result.threshold
             return result
 
-        return Job(a.shape[0], a.shape[0] * per_row, 5 * a.shape[0], work, finish, _block(per_row))
+        return Job(a.shape[0], work, finish, _block(per_row))
 
     def compare(
         self,
