@@ -39,8 +39,8 @@ HELP = {
     "per second (bursts up to one maximal call)",
     "stream_idle": "seconds a TranslateStream may wait for its next message before it is closed",
     "max_streams_per_connection": "calls one HTTP/2 connection may have open at once",
-    "workers": "threads for large translations and comparisons; 0 = one per CPU core but one (the "
-    "event loop, which answers health checks and small calls, keeps that one)",
+    "workers": "threads for large translations and comparisons (0 = one per CPU core); health checks "
+    "and small calls are answered on the event loop",
     "reload_interval": "seconds between checks of the store for new map versions",
     "blas_threads": "BLAS threads per call (default %(default)s); calls run in parallel",
     "grace": "seconds in-flight calls get to finish after the drain; then they are cancelled",

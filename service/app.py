@@ -180,8 +180,8 @@ def serve(cfg: ServiceConfig) -> None:
 
 
 def compute_threads(cfg: ServiceConfig) -> int:
-    """--workers, or one per CPU core but one, which stays with the event loop."""
-    return cfg.workers or max(1, len(os.sched_getaffinity(0)) - 1)
+    """--workers, or one per CPU core this process may use."""
+    return cfg.workers or len(os.sched_getaffinity(0))
 
 
 def budgets(cfg: ServiceConfig) -> Budgets:
