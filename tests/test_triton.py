@@ -42,17 +42,20 @@ def embedded(triton, face_zoo, lfw_images):
     local = FaceEmbedder(LocalBackend(face_zoo / "models"))
     with TritonClient(triton.url) as client:
         remote = FaceEmbedder(TritonBackend(client))
-        return {m: (remote.embed(images, m), local.embed(images, m)) for m in EMBEDDERS}
+        # Triton embeds every image (for the accuracy test); in-process, the first 64 are
+        # enough to show both paths give the same vectors, at half the time of all.
+        return {m: (remote.embed(images, m), local.embed(images[:64], m)) for m in EMBEDDERS}
 
 
 @pytest.mark.parametrize("model", EMBEDDERS)
 def test_triton_equals_in_process(embedded, model):
     remote, local = embedded[model]
     assert remote.failed == local.failed == []
+    n = len(local.embeddings)
     # One OpenCV YuNet in two processes (thread counts differ): pixels within 1e-3.
-    np.testing.assert_allclose(remote.detections, local.detections, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(remote.detections[:n], local.detections, rtol=0, atol=1e-3)
     scale = np.abs(local.embeddings).max()
-    assert np.abs(remote.embeddings - local.embeddings).max() <= 1e-5 * scale
+    assert np.abs(remote.embeddings[:n] - local.embeddings).max() <= 1e-5 * scale
 
 
 @pytest.mark.parametrize("model", EMBEDDERS)
