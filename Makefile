@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-slow lint bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ test: setup
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
 	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile deploy/triton.Dockerfile

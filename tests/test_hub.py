@@ -82,6 +82,7 @@ def test_hub_errors():
         CanonicalSpace(kind="magic").fit(models)
 
 
+@pytest.mark.slow
 def test_hub_on_real_models_is_close_to_direct_maps(lfw_embeddings):
     from sklearn.metrics import roc_auc_score
 

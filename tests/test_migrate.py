@@ -99,6 +99,7 @@ def test_migration_equals_in_process_translation(gallery):
     assert meta[b"mapper.map_id"] == b"old->new:linear" and len(meta[b"mapper.map_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_killed_migration_resumes_without_redoing_or_duplicating(gallery, tmp_path):
     src = gallery[0]
     out = tmp_path / "out"

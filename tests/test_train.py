@@ -177,6 +177,7 @@ def test_config_file_and_bad_settings(tmp_path, lfw_embeddings, face_zoo):
         train.main(["--config", str(cfg)])
 
 
+@pytest.mark.slow
 def test_fewshot_draws_images_or_people(tmp_path, face_zoo):
     zoo = str(face_zoo / "embeddings" / "lfw-embeddings.npz")
     common = ["--embeddings", zoo, "--images", "300", "--kinds", "linear", "--no-security"]
@@ -191,6 +192,7 @@ def test_fewshot_draws_images_or_people(tmp_path, face_zoo):
     )  # the last point is the main fit, whichever way the others are drawn
 
 
+@pytest.mark.slow
 def test_ijbc_layout_evaluation(tmp_path, face_zoo, lfw_embeddings):
     """An IJB-C 1:1 folder (here made of LFW photos of people outside the fitting set, with
     YuNet's points as the 5-point file) is evaluated with maps fitted on LFW."""
@@ -267,6 +269,7 @@ def test_a_new_vendor_joins_the_hub(tmp_path, face_zoo):
     assert "joins a hub of the other models" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_ablation_rows_and_the_tuned_choice_in_the_report(tmp_path, face_zoo):
     out = run_train(
         "--embeddings",

@@ -19,6 +19,7 @@ from mapper import LinearMap, RotationMap
 from mapper.core import mapfile
 from mapper.core.calibration import Calibration
 from mapper.errors import EmbeddingError, InvalidInput, LimitExceeded, MapNotFound, Unavailable
+from mapper.serving.admission import GIGA, Admission, Budgets
 from mapper.serving.sqlite import SQLiteMapStore
 from mapper.serving.translator import Translator
 from service import metrics
@@ -194,3 +195,28 @@ def test_requests_wait_for_the_first_load(tmp_path):
         translator.translate(X[:1], "a", "b")
     assert translator.reload() is False and translator.reload() is True
     assert translator.translate(X[:1], "a", "b")[0].shape == (1, 12)
+
+
+def test_admission_budgets_and_a_client_s_bucket():
+    now = [0.0]
+    budgets = Budgets(
+        call_macs=10 * GIGA, inflight_macs=15 * GIGA, inflight_bytes=100, client_macs_per_s=4 * GIGA
+    )
+    adm = Admission(budgets, clock=lambda: now[0])
+    with pytest.raises(LimitExceeded, match="per-call budget"):
+        adm.admit(11 * GIGA, 0)
+    first = adm.admit(10 * GIGA, 10)
+    with pytest.raises(LimitExceeded, match="server busy: .* multiply-adds"):
+        adm.admit(6 * GIGA, 10)
+    with pytest.raises(LimitExceeded, match="server busy: .* MiB"):
+        adm.admit(1, 91)
+    first.release()
+    first.release()  # once only
+    assert adm.inflight_macs == 0 and adm.inflight_bytes == 0
+    # A client's bucket holds one maximal call and refills at its rate.
+    adm.admit(10 * GIGA, 0, client="c").release()
+    with pytest.raises(LimitExceeded, match="client 'c' is over its rate .* retry in 2.50 s"):
+        adm.admit(10 * GIGA, 0, client="c")
+    adm.admit(10 * GIGA, 0, client="d").release()  # another client is not held back
+    now[0] = 3.0
+    adm.admit(10 * GIGA, 0, client="c").release()

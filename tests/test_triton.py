@@ -28,8 +28,8 @@ EMBEDDERS = [m.name for m in registry.BUILTIN]
 @pytest.fixture(scope="module")
 def lfw_images(face_zoo):
     pairs = read_lfw_pairs(face_zoo / "lfw" / "pairs.csv")
-    # 100 same + 100 different pairs of fold 0, and every image they name.
-    pick = np.r_[0:100, 300:400]
+    # 60 same + 60 different pairs of fold 0, and every image they name.
+    pick = np.r_[0:60, 300:360]
     names = sorted(set(pairs.left[pick]) | set(pairs.right[pick]))
     data = {n: (face_zoo / "lfw" / "images" / n).read_bytes() for n in names}
     return pairs, pick, names, data
@@ -60,7 +60,7 @@ def test_triton_equals_in_process(embedded, model):
 
 @pytest.mark.parametrize("model", EMBEDDERS)
 def test_lfw_accuracy_through_triton(embedded, lfw_images, lfw_embeddings, model):
-    """On 200 View-2 pairs: far above chance and as good as the face zoo's in-process vectors."""
+    """On 120 View-2 pairs: far above chance and as good as the face zoo's in-process vectors."""
     pairs, pick, names, _ = lfw_images
     index = {n: i for i, n in enumerate(names)}
     emb = embedded[model][0].embeddings
@@ -83,7 +83,7 @@ def test_lfw_accuracy_through_triton(embedded, lfw_images, lfw_embeddings, model
     )
     ref_auc = roc_auc_score(same, ref_scores)
     assert auc > 0.97
-    assert abs(auc - ref_auc) < 0.02
+    assert abs(auc - ref_auc) < 0.02, (auc, ref_auc)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ def test_every_map_kind_maps_across_dimensions(kind, d_in, d_out):
     np.testing.assert_allclose(loaded.transform(x[TEST].astype(np.float32)), out, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_hub_over_128_512_1024():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
