@@ -35,7 +35,8 @@ RUN pip install --no-cache-dir ".[postgres]" \
 USER 10001
 VOLUME /data
 EXPOSE 50051 9100
-# Health stays open to probes without a credential.
+# Health stays open to probes without a credential. Healthy means SERVING: a replica still
+# loading its maps, or draining, answers NOT_SERVING.
 HEALTHCHECK --interval=10s --timeout=3s \
-    CMD ["python", "-c", "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2)"]
+    CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; sys.exit(g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2).status != h.HealthCheckResponse.SERVING)"]
 ENTRYPOINT ["mapper-serve"]

@@ -35,7 +35,7 @@ def test_load_mixed_rpcs(tmp_path):
     store = SQLiteMapStore(tmp_path / "maps.sqlite")
     store.publish(mapfile.dumps(LinearMap(alpha=1.0, source_id="a", target_id="b").fit(X, Y)))
     store.publish(mapfile.dumps(CanonicalSpace(name="h", max_iter=3).fit({"a": X, "b": Y, "c": Z})))
-    srv = start_server(tmp_path, tmp_path / "maps.sqlite", "--workers", "32")
+    srv = start_server(tmp_path, tmp_path / "maps.sqlite")
     good = Counter()
     bad = Counter()
     failures: list[str] = []
