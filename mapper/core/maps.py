@@ -316,6 +316,11 @@ class NonlinearMap(EmbeddingMap):
         del tensors["weight"]
         return tensors
 
+    def _load_state(self, tensors: dict[str, np.ndarray], fit_info: dict[str, Any]) -> None:
+        # The derived linear term does not take part in transform: float32 halves the
+        # memory it takes in a server that holds many maps.
+        super()._load_state({**tensors, "weight": tensors["weight"].astype(np.float32)}, fit_info)
+
 
 class LinearMap(EmbeddingMap):
     """Ridge-regression map (the papers' linear map); d_source may differ from d_target.
