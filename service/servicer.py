@@ -14,16 +14,16 @@ import asyncio
 import contextvars
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 
 import grpc
 
 from mapper.errors import InvalidInput, LimitExceeded, TritonUnavailableError
 from mapper.faces.embed import FaceEmbedder
-from mapper.serving.admission import Admission, Ticket
+from mapper.serving.admission import Admission
 from mapper.serving.catalog import check_name
-from mapper.serving.translator import Cost, Job, T, Translator
+from mapper.serving.translator import Comparison, Cost, Job, T, Translator
 
 from . import convert, metrics
 from .gen import mapper_pb2 as pb
@@ -68,19 +68,29 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
         return kind
 
-    def _admit(self, cost: Cost, request_bytes: int, what: str) -> Ticket:
-        """Admit a call by its cost, from the request's shape alone: a refused call never
-        has its embeddings' bytes read (for a 64 MiB request that is most of its cost)."""
+    async def _run(
+        self,
+        cost: Cost,
+        request_bytes: int,
+        what: str,
+        build: Callable[[], Job[T]],
+        context: grpc.aio.ServicerContext,
+    ) -> T:
+        """Admit a call by its cost, from the request's shape alone (a refused call never has
+        its embeddings' bytes read: for a 64 MiB request that is most of its cost), then
+        ``build`` its job and run it, inline when small, and stop it if the call ends first."""
         if cost.reply_bytes > self.max_reply_bytes:
             raise LimitExceeded(
                 f"the reply would be {cost.reply_bytes / 2**20:.1f} MiB, over the message limit of "
                 f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
             )
         nbytes = request_bytes + cost.reply_bytes
-        return self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
-
-    async def _run(self, job: Job[T], cost: Cost, ticket: Ticket, context: grpc.aio.ServicerContext) -> T:
-        """Run admitted work (inline when small), and stop it if the call ends first."""
+        ticket = self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
+        try:
+            job = build()
+        except BaseException:
+            ticket.release()
+            raise
         if cost.macs <= INLINE_MACS:
             with ticket:
                 return job.run()
@@ -105,17 +115,14 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         source = check_name(request.source_model, "source_model")
         target = check_name(request.target_model, "target_model")
         kind, msg = self._kind(request.kind), request.embeddings
-        cost = self.translator.translate_cost(source, target, kind, msg.rows)
-        what = f"translating {msg.rows} rows from {source} to {target}"
-        ticket = self._admit(cost, 4 * msg.rows * msg.dim, what)
-        try:
-            x = convert.to_array(msg, "embeddings")
-            job, ref = self.translator.translate_job(x, source, target, kind)
-        except BaseException:
-            ticket.release()
-            raise
-        y = await self._run(job, cost, ticket, context)
-        metrics.translated(source, target).inc(x.shape[0])
+        y, ref = await self._run(
+            self.translator.translate_cost(source, target, kind, msg.rows),
+            4 * msg.rows * msg.dim,
+            f"translating {msg.rows} rows from {source} to {target}",
+            lambda: self.translator.translate_job(convert.to_array(msg, "embeddings"), source, target, kind),
+            context,
+        )
+        metrics.translated(source, target).inc(msg.rows)
         return pb.TranslateResponse(
             embeddings=convert.from_array(y),
             map=convert.ref_to_pb(ref),
@@ -155,16 +162,19 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             raise InvalidInput(
                 f"a and b must hold the same number of rows: {request.a.rows} != {request.b.rows}"
             )
-        cost = self.translator.compare_cost(model_a, model_b, kind, request.a.rows)
-        what = f"comparing {request.a.rows} rows of {model_a} with {model_b}"
-        ticket = self._admit(cost, 8 * request.a.rows * request.a.dim, what)
-        try:
+        rows = request.a.rows
+
+        def build() -> Job[Comparison]:
             a, b = convert.to_array(request.a, "a"), convert.to_array(request.b, "b")
-            job = self.translator.compare_job(a, b, model_a, model_b, kind=kind, far=request.far)
-        except BaseException:
-            ticket.release()
-            raise
-        result = await self._run(job, cost, ticket, context)
+            return self.translator.compare_job(a, b, model_a, model_b, kind=kind, far=request.far)
+
+        result = await self._run(
+            self.translator.compare_cost(model_a, model_b, kind, rows),
+            8 * rows * request.a.dim,
+            f"comparing {rows} rows of {model_a} with {model_b}",
+            build,
+            context,
+        )
         reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist(), scoring=result.scoring)
         if result.map is not None:
             reply.map.CopyFrom(convert.ref_to_pb(result.map))

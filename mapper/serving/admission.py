@@ -1,8 +1,8 @@
 """Admission by cost: a call is let in, or refused at once with the reason, before any work.
 
-A :class:`~mapper.serving.translator.Job` knows its cost before it runs: multiply-adds (rows
-x its map's cost per row) and the bytes of its reply. Three budgets bound what callers can
-make a server do:
+A request's :class:`~mapper.serving.translator.Cost` is known from its shape before any
+work: multiply-adds (rows x its map's cost per row) and the bytes of its reply. Three
+budgets bound what callers can make a server do:
 
 - per call: no single call may cost more than ``call_macs`` (a client splits larger work);
 - in flight: the calls admitted and not yet finished together hold at most

@@ -234,8 +234,9 @@ class Translator:
 
     def translate_job(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
-    ) -> tuple[Job[np.ndarray], MapRef]:
-        """A job turning (n, d_source) ``x`` into (n, d_target) float32 in ``target``'s space."""
+    ) -> Job[tuple[np.ndarray, MapRef]]:
+        """A job turning (n, d_source) ``x`` into (n, d_target) float32 in ``target``'s space;
+        its result names the map used."""
         self.check_rows(x.shape[0], "embeddings")
         m, ref = self._served_now()[0].resolve(source, target, kind)
         # NaN/Inf are found by the map on the way (it reports the row of its block; the
@@ -250,14 +251,13 @@ class Translator:
                 check_finite(x, "embeddings")
                 raise
 
-        return Job(x.shape[0], work, lambda: out, _block(macs_per_row(m))), ref
+        return Job(x.shape[0], work, lambda: (out, ref), _block(macs_per_row(m)))
 
     def translate(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
     ) -> tuple[np.ndarray, MapRef]:
         """(n, d_source) -> ((n, d_target) in ``target``'s space, the map used)."""
-        job, ref = self.translate_job(x, source, target, kind)
-        return job.run(), ref
+        return self.translate_job(x, source, target, kind).run()
 
     def compare_job(
         self,
