@@ -4,7 +4,7 @@ Synthetic 512-d templates of IJB-C's shape (23,124 templates, 15,658,489 pairs o
 19,557 genuine). Baseline: gather both templates of each pair in batches of 100,000,
 row-wise dot products, then ``sklearn.metrics.roc_curve`` and TAR at the ROC point nearest
 each FAR. Ours: ``mapper.templates.pair_scores`` (blocked matrix products) and
-``mapper.metrics.evaluate`` (sorted scores, no ROC materialised). Prints wall time, peak
+``mapper.eval.metrics.evaluate`` (sorted scores, no ROC materialised). Prints wall time, peak
 traced memory and the ratio; checks that both give the same scores and TARs.
 """
 

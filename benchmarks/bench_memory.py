@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from mapper import EnsembleMap, LinearMap  # noqa: E402
 from mapper.core import mapfile  # noqa: E402
-from mapper.core.selection import attach_scoring  # noqa: E402
+from mapper.eval.selection import attach_scoring  # noqa: E402
 from mapper.faces.registry import BUILTIN  # noqa: E402
 from mapper.serving.sqlite import SQLiteMapStore  # noqa: E402
 from service.launcher import start_service  # noqa: E402

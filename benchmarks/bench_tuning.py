@@ -19,8 +19,8 @@ import numpy as np
 from mapper.core.ensemble import EnsembleMap
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
-from mapper.core.selection import attach_scoring, select_map
 from mapper.datasets.face_zoo import identity_of, identity_split, load_lfw_embeddings
+from mapper.eval.selection import attach_scoring, select_map
 
 
 def best_of(fn: Callable[[], object], seconds: float = 1.0) -> float:

@@ -18,9 +18,13 @@ Triton model does) does not pay for scikit-learn.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the one place the version is written
+    __version__ = version("face-mapper")
+except PackageNotFoundError:  # a bare checkout on sys.path, not installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "AffineMap": "mapper.core.maps",

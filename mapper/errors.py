@@ -60,5 +60,10 @@ class TritonUnavailableError(Unavailable, RuntimeError):
     """Triton cannot be reached or timed out."""
 
 
+class TritonModelError(MapperError, RuntimeError):
+    """Triton refused this model's call for a reason other than its input (the model is not
+    loaded, or failed); retrying will not help until the model server is fixed."""
+
+
 class WeightsError(MapperError, RuntimeError):
     """A face model's weight files are missing or corrupt."""

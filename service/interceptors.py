@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from mapper.errors import Cancelled, InvalidInput, LimitExceeded, NotFound, Unavailable
+from mapper.errors import Cancelled, InvalidInput, LimitExceeded, NotFound, TritonModelError, Unavailable
 
 from . import metrics
 from .gen import mapper_pb2 as pb
@@ -141,6 +141,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (TritonModelError, grpc.StatusCode.FAILED_PRECONDITION),
     (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 

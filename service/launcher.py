@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,13 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mapper.triton.server import free_port
+
 from .client import MapperClient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

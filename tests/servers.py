@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
-from service.launcher import ServiceProcess, free_port, start_service
+from mapper.triton.server import free_port
+from service.launcher import ServiceProcess, start_service
 
 #: The checkout: tests run commands from here and compare generated files with its own.
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,41 +22,22 @@ def start_server(workdir: Path, store: Path, *args: str, timeout: float = 30) ->
     )
 
 
-NGINX_CONF = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    # nginx ends a client's HTTP/2 connection after keepalive_requests calls (GOAWAY), which
-    # fails gRPC calls in flight on it: long-lived gRPC channels need a high limit.
-    keepalive_requests 1000000;
-    upstream replicas {{
-{servers}
-        keepalive 32;  # reuse HTTP/2 connections to the replicas
-    }}
-    server {{
-        listen 127.0.0.1:{port} http2;
-        location / {{
-            grpc_pass grpc://replicas;
-            # A replica that refuses the connection: try the next one (nothing was sent yet).
-            grpc_next_upstream error timeout;
-            grpc_next_upstream_tries 2;
-        }}
-    }}
-}}
-"""
-
-
 def start_nginx(binary: str, conf_dir: Path, ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
-    """nginx balancing gRPC over the replicas at ``ports`` (as deploy/nginx.conf does);
+    """nginx balancing gRPC over the replicas at ``ports`` with deploy/nginx.conf itself
+    (its replicas and port swapped for loopback ones, its files kept in ``conf_dir``);
     returns the process and its port."""
     conf_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in ports)
-    (conf_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=conf_dir, servers=servers, port=port))
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    replica = re.compile(r"^( *)server mapper-\d+:\d+ (.*)\n", re.M)
+    indent, options = replica.search(conf).groups()
+    servers = "".join(f"{indent}server 127.0.0.1:{p} {options}\n" for p in ports)
+    conf = replica.sub("", conf).replace(f"{indent}keepalive ", servers + f"{indent}keepalive ", 1)
+    conf = conf.replace("listen 50051 ", f"listen 127.0.0.1:{port} ")
+    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+    conf = conf.replace("http {", f"http {{\n    client_body_temp_path {conf_dir}/body;", 1)
+    conf = f"pid {conf_dir}/nginx.pid;\nerror_log {conf_dir}/error.log warn;\n{conf}"
+    (conf_dir / "nginx.conf").write_text(conf)
     proc = subprocess.Popen(
         [binary, "-p", str(conf_dir), "-c", str(conf_dir / "nginx.conf"), "-g", "daemon off;"]
     )

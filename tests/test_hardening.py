@@ -23,7 +23,7 @@ from safetensors.numpy import save as st_save
 from mapper import LinearMap
 from mapper.core import mapfile
 from mapper.core.ensemble import EnsembleMap
-from mapper.core.selection import attach_scoring
+from mapper.eval.selection import attach_scoring
 from mapper.serving.sqlite import SQLiteMapStore
 from service.client import MapperClient
 from service.gen import mapper_pb2 as pb

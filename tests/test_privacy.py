@@ -29,8 +29,8 @@ from mapper.core.ensemble import EnsembleMap
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import LinearMap, RotationMap
-from mapper.core.selection import attach_scoring
 from mapper.datasets.face_zoo import choose_images, identity_of, identity_split
+from mapper.eval.selection import attach_scoring
 
 SFACE, REID = "sface-2021dec-int8bq", "face-reid-retail-0095"
 #: A stored row "nearly is" a fitting template when its cosine with one is at least

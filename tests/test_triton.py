@@ -20,7 +20,7 @@ from mapper.faces.preprocess import WeightsError
 from mapper.faces.runtimes import load
 from mapper.triton.client import TritonClient, TritonUnavailableError
 from mapper.triton.embedding import TritonBackend
-from mapper.triton.server import TritonServer, TritonStartError
+from mapper.triton.server import TritonServer, TritonStartError, free_port
 
 EMBEDDERS = [m.name for m in registry.BUILTIN]
 
@@ -135,9 +135,24 @@ def test_images_without_a_face_are_reported(triton):
     assert not result.embeddings.any()
 
 
-def test_unreachable_triton_is_a_clear_error_within_the_deadline():
-    from tests.servers import free_port
+def test_model_errors_are_in_the_error_family(triton):
+    """Embed's callers get a status, not INTERNAL: a model Triton does not serve is
+    FAILED_PRECONDITION, a tensor of the wrong shape is the caller's INVALID_ARGUMENT."""
+    import grpc
 
+    from mapper.errors import EmbeddingError, TritonModelError
+    from service.interceptors import status_for
+
+    with TritonClient(triton.url, retries=0) as client:
+        with pytest.raises(TritonModelError, match="no-such-model") as missing:
+            client.infer("no-such-model", "faces", "embeddings", np.zeros((1, 3, 112, 112), np.float32))
+        with pytest.raises(EmbeddingError, match="refused the input") as shape:
+            client.infer("mobilefacenet-arcface", "faces", "embeddings", np.zeros((1, 3, 7, 7), np.float32))
+    assert status_for(missing.value) is grpc.StatusCode.FAILED_PRECONDITION
+    assert status_for(shape.value) is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unreachable_triton_is_a_clear_error_within_the_deadline():
     with TritonClient(f"127.0.0.1:{free_port()}", timeout=3, retries=1) as client:
         t0 = time.monotonic()
         with pytest.raises(TritonUnavailableError, match="unavailable"):
@@ -192,7 +207,7 @@ def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, embedded
     import grpc
 
     from service.gen import mapper_pb2 as pb
-    from tests.servers import free_port, start_server
+    from tests.servers import start_server
 
     _, _, names, data = lfw_images
     images = [data[n] for n in names[:12]]

@@ -14,9 +14,9 @@ from mapper.core.ensemble import EnsembleMap
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import LinearMap
 from mapper.core.scoring import SCORINGS
-from mapper.core.selection import attach_scoring, select_map
 from mapper.datasets.face_zoo import identity_of
 from mapper.eval.metrics import tar_at_far_strict
+from mapper.eval.selection import attach_scoring, select_map
 from mapper.eval.thresholds import calibrate
 from mapper.serving.catalog import map_id_of
 
@@ -244,17 +244,6 @@ def test_selection_picks_the_planted_winner_and_the_file_says_why():
         m.score_rows(m.transform(x), quadratic(Z[:20])),
         atol=1e-6,
     )
-
-
-def test_selection_tar_is_the_strict_tar_of_the_metrics_module():
-    from mapper.core.selection import _tar
-
-    rng = np.random.default_rng(25)
-    scores = rng.standard_normal(20_000).astype(np.float32)
-    same = rng.random(20_000) < 0.1
-    scores[same] += 2
-    for far in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6):
-        assert _tar(scores, same, far) == tar_at_far_strict(scores[same], scores[~same], far)[0], far
 
 
 def test_too_few_people_to_choose_gives_the_papers_map():

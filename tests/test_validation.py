@@ -17,7 +17,7 @@ from mapper import (
     UnderdeterminedWarning,
 )
 from mapper.core.kinds import DIRECT
-from mapper.core.selection import attach_scoring
+from mapper.eval.selection import attach_scoring
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((100, 8))

@@ -22,7 +22,7 @@ import numpy as np
 
 from mapper.cli import train
 from mapper.core.validation import l2_normalize
-from mapper.datasets.face_zoo import face_zoo_dir, identity_of
+from mapper.datasets.face_zoo import identity_of, lfw_images_dir
 from mapper.faces.registry import DEFAULT_MODELS, DETECTOR
 from mapper.triton.server import TritonServer
 from service.launcher import start_service
@@ -45,7 +45,7 @@ def try_the_service(address: str) -> None:
     from service.client import MapperClient
     from service.gen import mapper_pb2 as pb
 
-    images, people = pick_people(face_zoo_dir() / "lfw" / "images")
+    images, people = pick_people(lfw_images_dir())
     with MapperClient(address) as client:
 
         def embed(model: str) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mapper.datasets.face_zoo import face_zoo_dir
+from mapper.datasets.face_zoo import models_dir
 from mapper.faces import registry
 from mapper.triton.repository import write_repository
 
@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify", help="check every weight file exists and matches its sha256")
     repo = sub.add_parser("repository", help="write a Triton model repository")
     repo.add_argument("out", help="folder to write (e.g. model_repository)")
-    repo.add_argument("--gpu", action="store_true", help="GPU variant: native backends, weights linked in")
+    repo.add_argument("--gpu", action="store_true", help="GPU variant: native backends, weights copied in")
     repo.add_argument("--only", nargs="*", help="model names (default: all)")
     args = ap.parse_args(argv)
 
     models = registry.load(args.models_file)
-    weights = args.weights_dir or face_zoo_dir() / "models"
+    weights = args.weights_dir or models_dir()
     if args.command == "list":
         for m in [*models.values(), registry.DETECTOR]:
             size = f"{m.input_size}x{m.input_size} {m.channels}" if m.input_size else "any size"

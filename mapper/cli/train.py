@@ -35,7 +35,7 @@ from mapper.core.calibration import Calibration
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import TRAINABLE
 from mapper.core.maps import EmbeddingMap
-from mapper.datasets.face_zoo import choose_images, face_zoo_dir, identity_of, identity_split
+from mapper.datasets.face_zoo import choose_images, identity_of, identity_split, lfw_images_dir
 from mapper.eval.crossmodel import (
     SUMMARY_FARS,
     CrossModelResults,
@@ -269,10 +269,10 @@ def select(cfg: TrainConfig) -> list[str]:
         with np.load(cfg.embeddings) as data:
             all_names = sorted(str(n) for n in data["names"])
     else:
-        all_names = sorted(p.name for p in (face_zoo_dir() / "lfw" / "images").glob("*.jpg"))
+        all_names = sorted(p.name for p in lfw_images_dir().glob("*.jpg"))
         if not all_names:
             raise SystemExit(
-                f"no LFW images in {face_zoo_dir() / 'lfw' / 'images'}: set FACE_ZOO_DIR "
+                f"no LFW images in {lfw_images_dir()}: set FACE_ZOO_DIR "
                 "(see README, 'Data and weights') or pass --embeddings"
             )
     return choose_images(all_names, None if cfg.full else cfg.images, cfg.seed)
@@ -298,7 +298,7 @@ def embed(
                 )
             rows = [index[n] for n in names]
             return {m: data[m][rows].astype(np.float32) for m in cfg.models}, np.zeros(0, np.int64)
-    paths = paths or [face_zoo_dir() / "lfw" / "images" / n for n in names]
+    paths = paths or [lfw_images_dir() / n for n in names]
     out, failed = {}, set()
     with face_embedder(cfg.backend, triton_url=cfg.triton_url, models=cfg.models, log=log) as embedder:
         cache = EmbeddingCache(cfg.cache)

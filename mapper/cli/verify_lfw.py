@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from mapper.core.maps import LinearMap, RotationMap
 from mapper.core.validation import l2_normalize
-from mapper.datasets.face_zoo import face_zoo_dir, identity_of, load_lfw_embeddings
+from mapper.datasets.face_zoo import identity_of, lfw_images_dir, lfw_pairs_path, load_lfw_embeddings
 from mapper.eval.protocols import PairList, read_lfw_pairs, view2_accuracy
 from mapper.eval.report import heatmaps, matrix_table
 from mapper.faces.cache import EmbeddingCache, embed_images
@@ -43,11 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="out/lfw-view2", help="folder for the cross-model report")
     args = ap.parse_args(argv)
 
-    zoo = face_zoo_dir()
-    pairs = read_lfw_pairs(zoo / "lfw" / "pairs.csv")
+    pairs = read_lfw_pairs(lfw_pairs_path())
     names = pairs.images()
     index = {n: i for i, n in enumerate(names)}
-    paths = [zoo / "lfw" / "images" / n for n in names]
+    paths = [lfw_images_dir() / n for n in names]
     zoo_names, zoo_emb = load_lfw_embeddings()
     zoo_index = {str(n): i for i, n in enumerate(zoo_names)}
     rows = []

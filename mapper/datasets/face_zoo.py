@@ -25,6 +25,21 @@ def face_zoo_dir() -> Path:
     return found.resolve()
 
 
+def models_dir() -> Path:
+    """The face zoo's model weights (``models/``), where every runtime looks by default."""
+    return face_zoo_dir() / "models"
+
+
+def lfw_images_dir() -> Path:
+    """The LFW photographs, ``<Person_Name>_<NNNN>.jpg``."""
+    return face_zoo_dir() / "lfw" / "images"
+
+
+def lfw_pairs_path() -> Path:
+    """LFW's official 6,000 View 2 pairs."""
+    return face_zoo_dir() / "lfw" / "pairs.csv"
+
+
 def identity_of(image_name: str) -> str:
     """LFW file ``<Person_Name>_<NNNN>.jpg`` -> ``Person_Name``."""
     return image_name.rsplit("_", 1)[0]

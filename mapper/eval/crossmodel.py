@@ -23,10 +23,10 @@ from tqdm import tqdm
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import DIRECT
 from mapper.core.maps import EmbeddingMap
-from mapper.core.selection import select_map
 from mapper.core.validation import FitError
 from mapper.eval.metrics import evaluate
 from mapper.eval.protocols import VerificationProtocol
+from mapper.eval.selection import select_map
 from mapper.eval.templates import pair_scores, pool_templates
 
 SUMMARY_FARS = (1e-2, 1e-3, 1e-4)

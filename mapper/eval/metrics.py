@@ -34,6 +34,12 @@ def _split(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return genuine, impostor
 
 
+def _strict_rank(far: float, n_impostor: int) -> int:
+    """The ascending rank of the strict threshold's impostor score: with k = floor(far * n)
+    false accepts allowed, the (k+1)-th highest; -1 when every impostor may pass."""
+    return n_impostor - 1 - int(np.floor(far * n_impostor + 1e-9))
+
+
 def tar_at_far_strict(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float, float]:
     """(TAR, achieved FAR, threshold) at the lowest threshold with FAR <= ``far``.
 
@@ -42,19 +48,19 @@ def tar_at_far_strict(genuine: np.ndarray, impostor: np.ndarray, far: float) -> 
     above s is allowed: TAR = P(genuine > s). One partition, O(n), no sort.
     """
     n_imp = impostor.size
-    k = int(np.floor(far * n_imp + 1e-9))
-    if k >= n_imp:
+    at = _strict_rank(far, n_imp)
+    if at < 0:
         return 1.0, 1.0, -np.inf
-    s = np.partition(impostor, n_imp - 1 - k)[n_imp - 1 - k]
+    s = np.partition(impostor, at)[at]
     return float((genuine > s).mean()), float((impostor > s).sum() / n_imp), float(np.nextafter(s, np.inf))
 
 
 def _sorted_tar(g: np.ndarray, s: np.ndarray, far: float) -> float:
     """:func:`tar_at_far_strict`'s TAR from ascending-sorted genuine ``g`` and impostor ``s``."""
-    k = int(np.floor(far * s.size + 1e-9))
-    if k >= s.size:
+    at = _strict_rank(far, s.size)
+    if at < 0:
         return 1.0
-    return float((g.size - np.searchsorted(g, s[s.size - 1 - k], side="right")) / g.size)
+    return float((g.size - np.searchsorted(g, s[at], side="right")) / g.size)
 
 
 def _sorted_auc(g: np.ndarray, s: np.ndarray) -> float:

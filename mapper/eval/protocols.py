@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mapper.datasets.face_zoo import face_zoo_dir
+from mapper.datasets.face_zoo import lfw_pairs_path
 from mapper.errors import InvalidInput
 
 
@@ -29,7 +29,7 @@ class PairList:
 
 def read_lfw_pairs(path: str | os.PathLike[str] | None = None) -> PairList:
     """LFW View 2 from ``lfw/pairs.csv`` (columns fold,left,right,same): 6,000 pairs, 10 folds."""
-    path = Path(path) if path else face_zoo_dir() / "lfw" / "pairs.csv"
+    path = Path(path) if path else lfw_pairs_path()
     rows = []
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)

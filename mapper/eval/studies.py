@@ -15,13 +15,13 @@ from tqdm import tqdm
 
 from mapper.core.hub import CanonicalSpace
 from mapper.core.maps import EmbeddingMap
-from mapper.core.selection import DEFAULT_RECIPES, attach_scoring
 from mapper.core.validation import l2_normalize
 from mapper.errors import InvalidInput
 from mapper.eval.crossmodel import cross_model_eval, fit_maps, with_mirrored
 from mapper.eval.metrics import evaluate
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.report import short
+from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring
 
 #: How the few-shot curve samples its fitting pairs (see :func:`fewshot`).
 FEWSHOT_DRAWS = ("images", "people")

@@ -20,8 +20,8 @@ from sklearn.model_selection import GroupKFold
 from mapper.core.calibration import Calibration, far_key
 from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import COSINE
-from mapper.core.selection import attach_scoring
 from mapper.eval.metrics import STANDARD_FARS, tar_at_far_strict
+from mapper.eval.selection import attach_scoring
 
 #: Identity-disjoint folds of the out-of-fold calibration.
 CALIBRATION_FOLDS = 3

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mapper.datasets.face_zoo import face_zoo_dir
+from mapper.datasets.face_zoo import models_dir
 from mapper.faces import preprocess, registry, runtimes
 
 
@@ -72,7 +72,7 @@ class FaceEmbedder:
         models_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.backend = backend
-        self.weights_dir = Path(weights_dir) if weights_dir else face_zoo_dir() / "models"
+        self.weights_dir = Path(weights_dir) if weights_dir else models_dir()
         self.registry = registry.load(models_file)
         self._dlib_aligner: preprocess.DlibAligner | None = None
         # Detections by image content: embedding one image with several models detects once.

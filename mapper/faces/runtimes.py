@@ -1,6 +1,6 @@
 """Each embedding model on its native runtime, in-process: (n, ...) input -> (n, dim) float32.
 
-Triton's python-backend models (``mapper.triton_backend``) call exactly these, so Triton
+Triton's python-backend models (``mapper.triton.backend``) call exactly these, so Triton
 and in-process outputs are the same computation.
 """
 

@@ -1,8 +1,8 @@
 """The python-backend model every face model in ``model_repository/`` runs.
 
 Each ``model_repository/<name>/1/model.py`` imports :class:`TritonPythonModel` from here;
-the model name picks the registry entry (``mapper.models``) and the runtime
-(``mapper.runtimes``), so Triton computes exactly what the in-process path computes.
+the model name picks the registry entry (``mapper.faces.registry``) and the runtime
+(``mapper.faces.runtimes``), so Triton computes exactly what the in-process path computes.
 Requests of one dynamic batch are concatenated and run as one batch.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mapper.datasets.face_zoo import face_zoo_dir
+from mapper.datasets.face_zoo import models_dir
 from mapper.faces import preprocess, registry, runtimes
 
 
@@ -23,7 +23,7 @@ def weights_dir(parameters: dict[str, Any]) -> Path:
     """The config parameter ``weights_dir``, else $MAPPER_WEIGHTS_DIR, else <face zoo>/registry."""
     configured = parameters.get("weights_dir", {}).get("string_value", "")
     configured = configured or os.environ.get("MAPPER_WEIGHTS_DIR", "")
-    return Path(configured) if configured else face_zoo_dir() / "models"
+    return Path(configured) if configured else models_dir()
 
 
 class TritonPythonModel:

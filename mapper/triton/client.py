@@ -11,14 +11,10 @@ import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from mapper.errors import InvalidInput, TritonUnavailableError
+from mapper.errors import EmbeddingError, InvalidInput, TritonModelError, TritonUnavailableError
 
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
 T = TypeVar("T")
-
-
-class TritonModelError(RuntimeError):
-    """Triton answered with an error for this model or input (not retried)."""
 
 
 class TritonClient:
@@ -73,6 +69,8 @@ class TritonClient:
                     continue
                 if status in RETRYABLE:
                     raise TritonUnavailableError(f"Triton at {self.url} is unavailable: {e.message()}") from e
+                if status == "StatusCode.INVALID_ARGUMENT":
+                    raise EmbeddingError(f"{model}: Triton refused the input: {e.message()}") from e
                 raise TritonModelError(f"{model}: {e.message()}") from e
         raise AssertionError("unreachable")
 

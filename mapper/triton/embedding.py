@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
-from mapper.datasets.face_zoo import face_zoo_dir
+from mapper.datasets.face_zoo import models_dir
 from mapper.errors import InvalidInput
 from mapper.faces.embed import FaceEmbedder, LocalBackend
 from mapper.faces.registry import DETECTOR, FaceModel
@@ -50,7 +50,7 @@ def face_embedder(
     ``triton_url``, or, without one, starts a private ``tritonserver`` serving ``models``
     (and the detector) from a repository generated from the registry, stopped on exit.
     """
-    weights = weights_dir or face_zoo_dir() / "models"
+    weights = weights_dir or models_dir()
     with ExitStack() as stack:
         if backend == "local":
             yield FaceEmbedder(LocalBackend(weights), weights_dir=weights, models_file=models_file)

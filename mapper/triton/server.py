@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tritonclient.grpc as tc
 
-from mapper.datasets.face_zoo import face_zoo_dir
+from mapper.datasets.face_zoo import models_dir
 from mapper.faces import registry
 from mapper.triton.repository import write_repository
 
@@ -29,7 +29,8 @@ class TritonStartError(RuntimeError):
     """tritonserver exited or did not become ready; the message carries its log's tail."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the one helper for this)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -67,7 +68,7 @@ class TritonServer:
     ) -> None:
         self.model_repository = Path(model_repository).resolve() if model_repository else None
         self.models = models
-        self.weights_dir = Path(weights_dir) if weights_dir else face_zoo_dir() / "models"
+        self.weights_dir = Path(weights_dir) if weights_dir else models_dir()
         self.startup_timeout = startup_timeout
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -115,7 +116,7 @@ class TritonServer:
             known = registry.load()
             names = self.models if self.models is not None else list(known)
             write_repository(self.model_repository, [known[n] for n in names if n in known])
-        self.grpc_port, self.metrics_port = _free_port(), _free_port()
+        self.grpc_port, self.metrics_port = free_port(), free_port()
         cmd = [
             str(server_dir / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",

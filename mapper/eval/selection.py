@@ -23,6 +23,7 @@ from mapper.core.kernel import KernelMap
 from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
 from mapper.core.scoring import SCORINGS, ScoreSpace
 from mapper.core.validation import FitError, check_pairs, l2_normalize
+from mapper.eval.metrics import tar_at_far_strict
 
 #: The FARs a choice is judged at: the mean TAR over them is maximised.
 SELECTION_FARS = (1e-3, 1e-4)
@@ -67,16 +68,6 @@ DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("kernel-d3-a10", _kernel(3, 10.0)),
     Recipe("ensemble", _ensemble),
 )
-
-
-def _tar(scores: np.ndarray, same: np.ndarray, far: float) -> float:
-    """TAR at ``far``, strict convention: :func:`mapper.eval.metrics.tar_at_far_strict`'s
-    (the core layer cannot import eval; a test holds the two equal)."""
-    impostor = np.sort(scores[~same])
-    k = int(np.floor(far * impostor.size + 1e-9))
-    if k >= impostor.size:
-        return 1.0
-    return float((scores[same] > impostor[impostor.size - 1 - k]).mean())
 
 
 def fit_recipe(
@@ -135,7 +126,9 @@ def cross_validate(
             for scoring in scorings:
                 attach_scoring(m, scoring, X[train], Y[train])
                 scores = m.score_matrix(mapped, Y[val])[iu]
-                table[recipe.name][scoring] += [_tar(scores, same, f) for f in fars]
+                table[recipe.name][scoring] += [
+                    tar_at_far_strict(scores[same], scores[~same], f)[0] for f in fars
+                ]
     if not counted:
         return {}
     return {r: {s: (v / counted).tolist() for s, v in d.items()} for r, d in table.items()}
