@@ -7,6 +7,7 @@ import pytest
 
 from mapper import CanonicalSpace, LinearMap, RotationMap
 from mapper.core.validation import EmbeddingError, FitError
+from mapper.errors import UnknownModelError
 
 from .conftest import random_orthogonal
 
@@ -76,7 +77,7 @@ def test_hub_errors():
     with pytest.raises(EmbeddingError, match="same images"):
         CanonicalSpace().fit({"m0": models["m0"], "m1": models["m1"][:-1]})
     hub = CanonicalSpace().fit(models)
-    with pytest.raises(EmbeddingError, match="not in hub"):
+    with pytest.raises(UnknownModelError, match="not in hub"):
         hub.translate(models["m0"], "m0", "nope")
     with pytest.raises(ValueError, match="kind"):
         CanonicalSpace(kind="magic").fit(models)

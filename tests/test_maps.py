@@ -115,12 +115,19 @@ def test_cv_picks_strong_ridge_for_pure_noise_and_weak_for_clean_data():
 
 
 def test_group_cv_uses_identities():
+    """20 people, 5 near-identical images each, and nothing linear between A and B: a map
+    that memorises the people looks perfect when a person's images fall in both the
+    training and the validation folds (plain KFold picks a tiny penalty), and
+    useless across people (identity-disjoint folds pick the largest)."""
     rng = np.random.default_rng(9)
-    X, Y = rng.standard_normal((100, 8)), rng.standard_normal((100, 8))
     groups = np.repeat(np.arange(20), 5)
-    m = LinearMap(cv=5).fit(X, Y, groups=groups)
-    assert m.fit_info_["n_identities"] == 20
-    assert m.fit_info_["cv_folds"] == 5
+    X = rng.standard_normal((20, 32))[groups] + 0.01 * rng.standard_normal((100, 32))
+    Y = rng.standard_normal((20, 8))[groups] + 0.01 * rng.standard_normal((100, 8))
+    grouped = LinearMap(cv=5).fit(X, Y, groups=groups)
+    ungrouped = LinearMap(cv=5).fit(X, Y)
+    assert grouped.fit_info_["n_identities"] == 20 and grouped.fit_info_["cv_folds"] == 5
+    assert ungrouped.alpha_ <= 1e-2
+    assert grouped.alpha_ == max(grouped.alphas)
 
 
 def test_dtype_is_preserved_and_float32_matches_float64():

@@ -17,6 +17,7 @@ from mapper import (
     UnderdeterminedWarning,
 )
 from mapper.core.kinds import DIRECT
+from mapper.errors import UnknownModelError
 from mapper.eval.selection import attach_scoring
 
 rng = np.random.default_rng(0)
@@ -99,7 +100,7 @@ def test_unfitted_and_invalid_parameters():
         LinearMap(alpha=-1).fit(X, Y)
     with pytest.raises(NotImplementedError, match="no inverse"):
         MLPMap(epochs=1).fit(X, Y).inverse_transform(Y)
-    with pytest.raises(EmbeddingError, match="unknown reference"):
+    with pytest.raises(UnknownModelError, match="unknown reference"):
         CanonicalSpace().fit({"a": X, "b": Y}).add_model("c", X, references={"zzz": X})
 
 

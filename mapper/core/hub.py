@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from mapper.core.maps import AffineMap, LinearMap, compose, procrustes
 from mapper.core.validation import EmbeddingError, FitError, check_embeddings, l2_normalize
-from mapper.errors import InvalidInput
+from mapper.errors import InvalidInput, UnknownModelError
 
 HUB_KINDS = ("rotation", "linear")
 
@@ -171,7 +171,7 @@ class CanonicalSpace(BaseEstimator):
             raise FitError("add_model needs embeddings of the same images by at least one hub model")
         unknown = sorted(set(references) - set(self.legs_))
         if unknown:
-            raise EmbeddingError(f"unknown reference model(s) {unknown}; the hub has {self.models_}")
+            raise UnknownModelError(f"unknown reference model(s) {unknown}; the hub has {self.models_}")
         X = check_embeddings(X, name="X")
         Z = np.mean(
             [self.legs_[r][0].transform(np.asarray(x, dtype=np.float64)) for r, x in references.items()],
@@ -189,7 +189,7 @@ class CanonicalSpace(BaseEstimator):
         check_is_fitted(self, "legs_")
         for m in (source, target):
             if m not in self.legs_:
-                raise EmbeddingError(f"model {m!r} is not in hub {self.name!r}; it has {self.models_}")
+                raise UnknownModelError(f"model {m!r} is not in hub {self.name!r}; it has {self.models_}")
         composed = compose(self.legs_[source][0], self.legs_[target][1])
         composed.fit_info_ = {"hub": self.name, "hub_kind": self.kind}
         return composed
@@ -202,7 +202,7 @@ class CanonicalSpace(BaseEstimator):
         """(n, d_model) embeddings as L2-normalised (n, dim_) hub coordinates."""
         check_is_fitted(self, "legs_")
         if model not in self.legs_:
-            raise EmbeddingError(f"model {model!r} is not in hub {self.name!r}; it has {self.models_}")
+            raise UnknownModelError(f"model {model!r} is not in hub {self.name!r}; it has {self.models_}")
         return l2_normalize(self.legs_[model][0].transform(X), copy=False)
 
 
