@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from mapper.core.ensemble import EnsembleMap
-from mapper.core.kernel import KernelMap
-from mapper.core.maps import EmbeddingMap, LinearMap, RotationMap
+from mapper.core.kinds import DIRECT
+from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import SCORINGS, ScoreSpace
 from mapper.core.validation import FitError, check_pairs, l2_normalize
 from mapper.eval.metrics import tar_at_far_strict
@@ -41,32 +40,21 @@ class Recipe:
     make: Callable[[str | None, str | None], EmbeddingMap]
 
 
-def _linear(a: str | None, b: str | None) -> EmbeddingMap:
-    return LinearMap(source_id=a, target_id=b)
-
-
-def _rotation(a: str | None, b: str | None) -> EmbeddingMap:
-    return RotationMap(source_id=a, target_id=b)
-
-
-def _ensemble(a: str | None, b: str | None) -> EmbeddingMap:
-    return EnsembleMap(source_id=a, target_id=b)
-
-
-def _kernel(degree: int, alpha: float) -> Callable[[str | None, str | None], EmbeddingMap]:
-    return lambda a, b: KernelMap(degree=degree, alpha=alpha, source_id=a, target_id=b)
+def direct(kind: str, **settings: Any) -> Callable[[str | None, str | None], EmbeddingMap]:
+    """``make(a, b)``: a map of :data:`mapper.core.kinds.DIRECT`'s ``kind`` with ``settings``."""
+    return lambda a, b: DIRECT[kind](**settings, source_id=a, target_id=b)
 
 
 #: Candidates mapper-train chooses among: the papers' two maps (ridge with its penalty by
 #: CV; rotation, which needs the fewest pairs), the polynomial kernel at three settings,
 #: and the ensemble of ridge, rotation and the d3/a3 kernel.
 DEFAULT_RECIPES: tuple[Recipe, ...] = (
-    Recipe("linear", _linear),
-    Recipe("rotation", _rotation),
-    Recipe("kernel-d2-a1", _kernel(2, 1.0)),
-    Recipe("kernel-d3-a3", _kernel(3, 3.0)),
-    Recipe("kernel-d3-a10", _kernel(3, 10.0)),
-    Recipe("ensemble", _ensemble),
+    Recipe("linear", direct("linear")),
+    Recipe("rotation", direct("rotation")),
+    Recipe("kernel-d2-a1", direct("kernel", degree=2, alpha=1.0)),
+    Recipe("kernel-d3-a3", direct("kernel", degree=3, alpha=3.0)),
+    Recipe("kernel-d3-a10", direct("kernel", degree=3, alpha=10.0)),
+    Recipe("ensemble", direct("ensemble")),
 )
 
 

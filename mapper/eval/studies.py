@@ -21,7 +21,7 @@ from mapper.eval.crossmodel import cross_model_eval, fit_maps, with_mirrored
 from mapper.eval.metrics import evaluate
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.report import short
-from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring
+from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring, direct
 
 #: How the few-shot curve samples its fitting pairs (see :func:`fewshot`).
 FEWSHOT_DRAWS = ("images", "people")
@@ -98,9 +98,9 @@ def fewshot(
             maps = dict(full_maps)
         else:
             maps = fit_maps(emb, fit_kinds, groups=groups, progress=False)
-        scored = _fit_methods(methods, emb, groups, maps)
+        fitted, scored = _fit_methods(methods, emb, groups)
         res = cross_model_eval(
-            emb_eval, protocol, maps, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
+            emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
         )
         curve["identities"].append(int(np.unique(ids_fit[chosen]).size))
         curve["pairs"].append(int(chosen.sum()))
@@ -121,12 +121,6 @@ def _recipe(make: Callable[[str, str], EmbeddingMap], rescale: bool, scoring: st
     return fit
 
 
-def _mlp(a: str, b: str) -> EmbeddingMap:
-    from mapper.core.mlp import MLPMap  # torch: only when the MLP row is asked for
-
-    return MLPMap(source_id=a, target_id=b)
-
-
 #: The ablation's methods: key -> fitter. Each adds one thing to the papers' maps
 #: ("+rescale": residual rescaling; "/centred", "/snorm": the score Compare computes); the
 #: study adds mapper-train's ``tuned`` maps as two more rows.
@@ -140,7 +134,7 @@ ABLATION: dict[str, Callable] = {
         ("ensemble", "ensemble"),
     )
     for suffix in ("", "+rescale", "/centred", "/snorm")
-} | {"mlp": _recipe(_mlp, False, None)}
+} | {"mlp": _recipe(direct("mlp"), False, None)}
 
 
 def _check_methods(methods: Sequence[str] | None) -> None:
@@ -150,13 +144,12 @@ def _check_methods(methods: Sequence[str] | None) -> None:
 
 
 def _fit_methods(
-    methods: Sequence[str], emb: dict[str, np.ndarray], groups: np.ndarray, maps: dict
-) -> list[str]:
-    """Fit every ablation method for every ordered pair into ``maps`` (key: the method's
-    name); returns the kind each is evaluated as (``name:compare`` when it records a
-    scoring)."""
+    methods: Sequence[str], emb: dict[str, np.ndarray], groups: np.ndarray
+) -> tuple[dict[tuple[str, str, str], EmbeddingMap], list[str]]:
+    """Every ablation method fitted for every ordered pair ({(a, b, method): map}), and the
+    kind each is evaluated as (``name:compare`` when it records a scoring)."""
     models = list(emb)
-    kinds = []
+    maps, kinds = {}, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in methods:
@@ -166,7 +159,7 @@ def _fit_methods(
                         maps[a, b, name] = ABLATION[name](a, b, emb[a], emb[b], groups)
             scored = maps[models[0], models[1], name].scoring_ is not None
             kinds.append(f"{name}:compare" if scored else name)
-    return kinds
+    return maps, kinds
 
 
 def ablation(
@@ -196,7 +189,9 @@ def ablation(
     kinds: list[str] = []
     for name in tqdm(chosen, desc="ablation: fitting", disable=not progress):
         t0 = time.perf_counter()
-        kinds += _fit_methods([name], emb_fit, ids_fit, maps)
+        fitted, scored = _fit_methods([name], emb_fit, ids_fit)
+        maps |= fitted
+        kinds += scored
         seconds[name] = (time.perf_counter() - t0) / len(pairs)
     if tuned:
         t = float(np.mean([tuned[a, b, "tuned"].fit_info_["selection"]["seconds"] for a, b in pairs]))
