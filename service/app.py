@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
 from mapper.serving.admission import GIGA, Admission, Budgets
-from mapper.serving.store import open_store
+from mapper.serving.stores import open_store
 from mapper.serving.translator import Translator
 from mapper.triton.embedding import face_embedder
 

@@ -167,7 +167,7 @@ def test_train_and_migrate_use_postgresql(tmp_path, postgres, face_zoo):
     import argparse
 
     from mapper.cli import migrate, train
-    from mapper.serving.store import open_store
+    from mapper.serving.stores import open_store
 
     url = postgres.new_database()
     models = ["sface-2021dec-int8bq", "mobilefacenet-arcface"]

@@ -174,7 +174,7 @@ def load_map(args: argparse.Namespace) -> tuple[bytes, dict[str, str]]:
 
         ident, version = map_id_of(obj), "file"
     else:
-        from mapper.serving.store import open_store
+        from mapper.serving.stores import open_store
 
         stored = open_store(args.store).get(args.map_id, args.version)
         data, ident, version = stored.data or b"", stored.ref.map_id, str(stored.ref.version)

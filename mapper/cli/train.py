@@ -522,7 +522,7 @@ def publish(cfg: TrainConfig, blobs: list[bytes], log: Log) -> list[str]:
     the library, decides where maps go."""
     published = []
     if cfg.store:
-        from mapper.serving.store import open_store
+        from mapper.serving.stores import open_store
 
         store = open_store(cfg.store)
         for blob in blobs:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from mapper.errors import Unavailable
-from mapper.serving.sqlstore import SCHEMA, Cursor, SQLMapStore, statements
+from mapper.serving.sqlstore import SCHEMA, Execute, SQLMapStore, statements
 
 log = logging.getLogger("mapper.serving")
 CHANNEL = "mapper_maps"
@@ -29,7 +29,7 @@ class StoreUnavailable(Unavailable):
     """The database cannot be reached or failed mid-call (nothing was changed)."""
 
 
-def _execute(cur: psycopg.Cursor) -> Cursor:
+def _execute(cur: psycopg.Cursor) -> Execute:
     def execute(sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor:
         cur.execute(sql.replace("?", "%s"), args)  # portable SQL holds no literal '?'
         return cur
@@ -62,18 +62,18 @@ class PostgresMapStore(SQLMapStore):
             raise StoreUnavailable(f"map store database unavailable: {str(e).splitlines()[0]}") from e
 
     @contextmanager
-    def _read(self) -> Iterator[Cursor]:
+    def _read(self) -> Iterator[Execute]:
         with self._connection(autocommit=True) as db, db.cursor() as cur:
             yield _execute(cur)
 
     @contextmanager
-    def _write(self) -> Iterator[Cursor]:
+    def _write(self) -> Iterator[Execute]:
         with self._connection() as db, db.transaction(), db.cursor() as cur:
             execute = _execute(cur)
             execute("SELECT value FROM meta WHERE key = 'generation' FOR UPDATE")  # the write lock
             yield execute
 
-    def _notify(self, execute: Cursor, generation: int) -> None:
+    def _notify(self, execute: Execute, generation: int) -> None:
         execute("SELECT pg_notify(?, ?)", (CHANNEL, str(generation)))
 
     def watch(self, on_change: Callable[[], None]) -> None:

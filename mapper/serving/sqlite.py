@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mapper.serving.sqlstore import SCHEMA, Cursor, SQLMapStore, statements
+from mapper.serving.sqlstore import SCHEMA, Execute, SQLMapStore, statements
 
 
 class SQLiteMapStore(SQLMapStore):
@@ -33,7 +33,7 @@ class SQLiteMapStore(SQLMapStore):
         return db
 
     @contextmanager
-    def _read(self) -> Iterator[Cursor]:
+    def _read(self) -> Iterator[Execute]:
         db = self._connect()
         try:
             yield db.execute
@@ -41,7 +41,7 @@ class SQLiteMapStore(SQLMapStore):
             db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[Cursor]:
+    def _write(self) -> Iterator[Execute]:
         # BEGIN IMMEDIATE takes the write lock at once: writers queue, readers go on.
         db = self._connect()
         try:

@@ -53,7 +53,7 @@ COLUMNS = (
 ACTIVATE = "INSERT INTO active VALUES (?, ?) ON CONFLICT (map_id) DO UPDATE SET version = excluded.version"
 BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
 
-Cursor = Callable[..., Any]  # execute(sql, args=()) -> a cursor with fetchone/fetchall/rowcount
+Execute = Callable[..., Any]  # execute(sql, args=()) -> a cursor with fetchone/fetchall/rowcount
 
 
 class SQLMapStore:
@@ -65,15 +65,15 @@ class SQLMapStore:
         self.keep_versions = keep_versions
 
     # -- what a backend provides -------------------------------------------------------------
-    def _read(self) -> AbstractContextManager[Cursor]:
+    def _read(self) -> AbstractContextManager[Execute]:
         """A connection for reads, as its ``execute``."""
         raise NotImplementedError
 
-    def _write(self) -> AbstractContextManager[Cursor]:
+    def _write(self) -> AbstractContextManager[Execute]:
         """A transaction holding the store's write lock; rolled back on any error."""
         raise NotImplementedError
 
-    def _notify(self, execute: Cursor, generation: int) -> None:
+    def _notify(self, execute: Execute, generation: int) -> None:
         """Tell other servers a write happened (inside the write transaction)."""
 
     def watch(self, on_change: Callable[[], None]) -> None:
@@ -95,7 +95,7 @@ class SQLMapStore:
             bytes(data) if data is not None else None,
         )
 
-    def _bump(self, execute: Cursor) -> None:
+    def _bump(self, execute: Execute) -> None:
         self._notify(execute, int(execute(BUMP).fetchone()[0]))
 
     def publish(self, data: bytes) -> StoredMap:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from mapper.core import mapfile
@@ -69,15 +68,3 @@ def check_dims(map_id: str, dims: dict[str, int], active: Iterable[tuple[str, di
                     f"{map_id} declares {model!r} as {dims[model]}-d, but the active map {other_id} "
                     f"takes it as {d}-d; delete that map first if the model really changed"
                 )
-
-
-def open_store(location: str | Path, *, keep_versions: int = 10) -> MapStore:
-    """The store at ``location``: ``postgresql://...`` (needs the ``postgres`` extra), else a
-    SQLite file path (created if new)."""
-    if str(location).startswith(("postgresql://", "postgres://")):
-        from mapper.serving.postgres import PostgresMapStore
-
-        return PostgresMapStore(str(location), keep_versions=keep_versions)
-    from mapper.serving.sqlite import SQLiteMapStore
-
-    return SQLiteMapStore(location, keep_versions=keep_versions)
