@@ -29,6 +29,7 @@ from mapper.core.ensemble import EnsembleMap
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kernel import KernelMap
 from mapper.core.maps import LinearMap, RotationMap
+from mapper.core.mlp import MLPMap
 from mapper.datasets.face_zoo import choose_images, identity_of, identity_split
 from mapper.eval.selection import attach_scoring
 
@@ -75,7 +76,10 @@ KINDS = {
     "rotation": _scored(lambda: RotationMap(source_id=SFACE, target_id=REID)),
     "kernel": _scored(lambda: KernelMap(source_id=SFACE, target_id=REID)),
     "ensemble": _scored(lambda: EnsembleMap(source_id=SFACE, target_id=REID)),
+    "mlp": _scored(lambda: MLPMap(source_id=SFACE, target_id=REID)),
 }
+#: Fitting the MLP on 3,865 pairs takes 30-70 s on 2 cores: its checks run with the slow tests.
+SLOW_KINDS = {"mlp"}
 
 
 def file_rows(blob: bytes, dims: set[int]) -> list[np.ndarray]:
@@ -166,36 +170,54 @@ def check_file(blob: bytes, emb, ids, fit, *, membership: bool = True) -> dict[s
     return check_rows(rows, emb, ids, fit, membership=membership)
 
 
+class Files(dict):
+    """{kind: map file}, each fitted on first use (so the quick tests never fit the MLP)."""
+
+    def __init__(self, people) -> None:
+        super().__init__()
+        self.people = people
+
+    def __missing__(self, kind: str) -> bytes:
+        emb, ids, fit = self.people
+        if kind == "hub":
+            fitted = CanonicalSpace().fit({m: e[fit] for m, e in emb.items()})
+        else:
+            fitted = KINDS[kind](emb[SFACE][fit], emb[REID][fit], ids[fit])
+        self[kind] = mapfile.dumps(fitted)
+        return self[kind]
+
+
 @pytest.fixture(scope="module")
 def files(people):
-    emb, ids, fit = people
-    out = {k: mapfile.dumps(make(emb[SFACE][fit], emb[REID][fit], ids[fit])) for k, make in KINDS.items()}
-    out["hub"] = mapfile.dumps(CanonicalSpace().fit({m: e[fit] for m, e in emb.items()}))
-    return out
+    return Files(people)
 
 
-@pytest.mark.parametrize("kind", [*sorted(KINDS), "hub"])
+def kinds(marks: dict[str, pytest.MarkDecorator] | None = None) -> list:
+    marks = marks or {}
+    return [
+        pytest.param(k, marks=[*([pytest.mark.slow] if k in SLOW_KINDS else []), *marks.get(k, ())])
+        for k in [*sorted(KINDS), "hub"]
+    ]
+
+
+@pytest.mark.parametrize("kind", kinds())
 def test_no_stored_row_is_a_fitting_template(people, files, kind):
     check_file(files[kind], *people, membership=False)
 
 
-# Measured on this split (SFace -> face-reid, face-reid's side, raw cosines): the kernel's
-# coefficients (2,048 x 256) are weighted sums of fitting templates, and a person's best
-# cosine with them separates fitting people from unseen ones at AUC 0.588 (512 landmarks:
-# 0.592; alpha 30: 0.664; degree 2: 0.565). Strict: this fails once it is fixed.
-KERNEL_LEAK = pytest.mark.xfail(strict=True, reason="kernel coefficients leak membership (AUC 0.59)")
+# Measured on this split (face-reid's side, raw cosines; the AUC's standard error here is
+# about 0.009). Every S-norm file holds two second-moment matrices of the fitting people's
+# templates, whose rows alone score 0.549-0.552: at the bound for every kind. A kernel map's
+# 2,048 x 256 coefficients scored 0.588 before its label noise and 0.539 with it; the file
+# as a whole (coefficients and S-norm) 0.553. The MLP's 512 x 256 output layer: 0.556.
+# Strict: each fails once it is fixed.
+LEAKS = {
+    "kernel": [pytest.mark.xfail(strict=True, reason="kernel map file: membership AUC 0.553")],
+    "mlp": [pytest.mark.xfail(strict=True, reason="MLP map file: membership AUC 0.556")],
+}
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "linear",
-        "rotation",
-        "hub",
-        pytest.param("kernel", marks=KERNEL_LEAK),
-        pytest.param("ensemble", marks=KERNEL_LEAK),
-    ],
-)
+@pytest.mark.parametrize("kind", kinds(LEAKS))
 def test_a_map_file_does_not_reveal_who_fitted_it(people, files, kind):
     aucs = check_file(files[kind], *people)
     assert len(aucs) == 4  # both models' sides, raw and centred
