@@ -240,9 +240,9 @@ def test_selection_picks_the_planted_winner_and_the_file_says_why():
         np.mean(v) for v in table[sel["recipe"]].values()
     )
     assert np.mean(table["linear"]["cosine"]) < 0.1  # the planted relation defeats it
-    assert m.kind == "tuned" and map_id_of(m) == "a->b:tuned"
+    assert m.served_as == "tuned" and m.kind == "kernel" and map_id_of(m) == "a->b:tuned"
     again = mapfile.loads(mapfile.dumps(m))
-    assert again.kind == "tuned" and isinstance(again, KernelMap)
+    assert again.served_as == "tuned" and isinstance(again, KernelMap)
     assert again.fit_info_["selection"] == sel and again.scoring_.kind == sel["scoring"]
     x = Z[:20].astype(np.float32)
     np.testing.assert_allclose(again.transform(x), m.transform(x), atol=1e-6)

@@ -50,7 +50,7 @@ from mapper.eval.protocols import (
     read_ijbc,
     write_ijbc,
 )
-from mapper.eval.report import fewshot_plot, write_report
+from mapper.eval.report import PAPERS, fewshot_plot, write_report
 from mapper.eval.studies import (
     ABLATION,
     FEWSHOT_DRAWS,
@@ -132,7 +132,7 @@ class Split:
         return {m: e[self.fit] for m, e in self.embeddings.items()}
 
     @cached_property
-    def pairs(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def fitting_pairs(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """({model: fitting embeddings}, identities): the fitting images, then their
         mirrored faces when there are any (same people, so CV folds keep them together)."""
         return with_mirrored(self.fitting, self.ids[self.fit], self.mirrored)
@@ -328,10 +328,8 @@ def fit(
     cfg: TrainConfig, data: Split
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
     """({(A, B, kind): map}, the hub space if fitted), fitted on the fitting people only."""
-    emb, groups = data.pairs
-    maps = fit_maps(emb, tuple(cfg.kinds), groups=groups, progress=cfg.progress)
-    hub = maps.pop(("*", "*", "hub-space"), None)
-    return maps, hub  # type: ignore[return-value]
+    emb, groups = data.fitting_pairs
+    return fit_maps(emb, tuple(cfg.kinds), groups=groups, progress=cfg.progress)
 
 
 def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> Evaluation:
@@ -422,7 +420,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
         extra["fewshot"] = curve
     if cfg.ablation is not None:
         study = ablation(
-            *data.pairs,
+            *data.fitting_pairs,
             ev.embeddings,
             ev.protocol,
             maps if "tuned" in cfg.kinds else None,
@@ -540,9 +538,8 @@ def publish(cfg: TrainConfig, blobs: list[bytes], log: Log) -> list[str]:
 
 
 def print_summary(res: CrossModelResults) -> None:
-    print(
-        f"\nMean TAR ({res.convention}); papers (IJB-C, 10 CNNs) at 1e-2: native 0.96, linear 0.95, rot. 0.91"
-    )
+    papers = ", ".join(f"{kind} {tar}" for kind, tar in PAPERS.items())
+    print(f"\nMean TAR ({res.convention}); papers (IJB-C, 10 CNNs) at 1e-2: {papers}")
     print(f"{'':<10}" + "".join(f"{'FAR=' + format(f, 'g'):>12}" for f in SUMMARY_FARS))
     for kind, values in res.summary().items():
         print(f"{kind:<10}" + "".join(f"{values[f]:>12.4f}" for f in SUMMARY_FARS))

@@ -49,8 +49,8 @@ def _map_entry(m: EmbeddingMap, prefix: str, tensors: dict[str, np.ndarray]) -> 
         tensors[prefix + name] = np.ascontiguousarray(t)
         names.append(name)
     return {
-        "kind": m.kind,
-        "class": type(m).kind,
+        "kind": m.served_as,
+        "class": m.kind,
         "prefix": prefix,
         "tensors": names,
         "params": m.get_params(),
@@ -209,7 +209,7 @@ def _build_map(entry: dict[str, Any], tensors: dict[str, np.ndarray], source: st
         if isinstance(value, list):
             params[key] = tuple(value)
     m = cls(**params)
-    m.kind = entry["kind"]
+    m.label = entry["kind"] if entry["kind"] != cls.kind else None
     m._load_state(own, entry["fit_info"])
     if (m.n_features_in_, m.n_features_out_) != (entry["d_source"], entry["d_target"]):
         raise MapFileError(

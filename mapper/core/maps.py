@@ -66,9 +66,17 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     - ``fit_info_``: dict of fit statistics (pairs, identities, residual, ...)
     """
 
+    #: The class's kind (``kinds.DIRECT``'s key); never set on an instance.
     kind: ClassVar[str] = ""
+    #: What the map is served as when not its class's kind (``"tuned"``: chosen per pair).
+    label: str | None = None
     #: How Compare scores this map's output against the target's templates (None: cosine).
     scoring_: ScoreSpace | None = None
+
+    @property
+    def served_as(self) -> str:
+        """The kind a catalog and a map id name: the label if any, else the class's kind."""
+        return self.label or self.kind
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # No sklearn set_output wrapping of transform, here or in subclasses: pandas output

@@ -51,13 +51,13 @@ def fit_maps(
     groups: np.ndarray | None = None,
     progress: bool = True,
     mlp_params: dict[str, Any] | None = None,
-) -> dict[tuple[str, str, str], EmbeddingMap]:
-    """{(A, B, kind): map A -> B} for every ordered pair; ``hub`` maps are compositions
-    through one :class:`CanonicalSpace` fitted on all models (stored under key
-    ``("*", "*", "hub-space")``); ``tuned`` maps are chosen by :func:`select_map` (needs
-    ``groups``)."""
+) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
+    """({(A, B, kind): map A -> B} for every ordered pair, the hub space or None). ``hub``
+    maps are compositions through one :class:`CanonicalSpace` fitted on all models;
+    ``tuned`` maps are chosen by :func:`select_map` (needs ``groups``)."""
     models = list(embeddings)
-    maps: dict[tuple[str, str, str], Any] = {}
+    maps: dict[tuple[str, str, str], EmbeddingMap] = {}
+    hub = None
     jobs = [(a, b, k) for k in kinds if k in (*DIRECT, "tuned") for a in models for b in models if a != b]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,12 +73,11 @@ def fit_maps(
             )
         if "hub" in kinds:
             hub = CanonicalSpace(name="hub").fit(embeddings, groups=groups)
-            maps["*", "*", "hub-space"] = hub
             for a in models:
                 for b in models:
                     if a != b:
                         maps[a, b, "hub"] = hub.mapping(a, b)
-    return maps
+    return maps, hub
 
 
 @dataclass

@@ -160,7 +160,7 @@ def select_map(
         translate = max(table, key=lambda r: mean(r, "cosine"))
     recipe = next(r for r in recipes if r.name == recipe_name)
     m = attach_scoring(fit_recipe(recipe, X, Y, groups, source_id, target_id), scoring, X, Y)
-    m.kind = "tuned"
+    m.label = "tuned"
     m.fit_info_ = {
         **m.fit_info_,
         "selection": {

@@ -97,7 +97,7 @@ def fewshot(
         if n is None and full_maps is not None:
             maps = dict(full_maps)
         else:
-            maps = fit_maps(emb, fit_kinds, groups=groups, progress=False)
+            maps, _ = fit_maps(emb, fit_kinds, groups=groups, progress=False)
         fitted, scored = _fit_methods(methods, emb, groups)
         res = cross_model_eval(
             emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False

@@ -49,7 +49,7 @@ def map_id_of(obj: MapObject) -> str:
         raise MapFileError("a stored map needs source_id and target_id (set them before fitting or saving)")
     check_name(obj.source_id, "source_id")
     check_name(obj.target_id, "target_id")
-    return check_name(f"{obj.source_id}->{obj.target_id}:{obj.kind}", "map id")
+    return check_name(f"{obj.source_id}->{obj.target_id}:{obj.served_as}", "map id")
 
 
 class Catalog:

@@ -53,7 +53,7 @@ def describe(obj: mapfile.MapObject) -> tuple[str, str, str, int, int]:
     if isinstance(obj, CanonicalSpace):
         dims = [leg[0].n_features_in_ for leg in obj.legs_.values()]
         return "hub", ",".join(obj.models_), obj.name, max(dims), obj.dim_
-    return obj.kind, obj.source_id or "", obj.target_id or "", obj.n_features_in_, obj.n_features_out_
+    return obj.served_as, obj.source_id or "", obj.target_id or "", obj.n_features_in_, obj.n_features_out_
 
 
 def check_dims(map_id: str, dims: dict[str, int], active: Iterable[tuple[str, dict[str, Any]]]) -> None:
