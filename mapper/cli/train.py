@@ -146,6 +146,16 @@ class Evaluation:
     what: str  # a phrase naming what was evaluated
 
 
+def _default(name: str) -> str:
+    """TrainConfig's default for ``name`` as --help shows it: the dataclass is the one place
+    defaults are written."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if isinstance(value, list):
+        return " ".join(value)
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mapper-train",
@@ -155,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"Example: {TOKEN_ENV}=... mapper-train --images 1500 --publish 127.0.0.1:50051",
     )
     ap.add_argument("--config", help="TOML file of settings (e.g. images = 3000, kinds = ['linear'])")
-    ap.add_argument("--images", type=int, help="LFW images used, whole identities, seeded (default 1500)")
+    ap.add_argument(
+        "--images", type=int, help=f"LFW images used, whole identities, seeded (default {_default('images')})"
+    )
     ap.add_argument("--full", action="store_true", default=None, help="all 7,701 LFW images")
     ap.add_argument(
         "--models",
@@ -168,25 +180,41 @@ def build_parser() -> argparse.ArgumentParser:
         "among its names",
     )
     ap.add_argument(
-        "--backend", choices=("triton", "local"), help="embed through Triton (default) or in-process"
+        "--backend",
+        choices=("triton", "local"),
+        help=f"embed through Triton or in-process (default {_default('backend')})",
     )
     ap.add_argument("--triton-url", help="use this running Triton instead of starting one")
     ap.add_argument(
         "--ijbc", metavar="DIR", help="evaluate on the IJB-C 1:1 files in DIR (maps fitted on LFW)"
     )
     ap.add_argument("--ijbc-images", metavar="DIR", help="root of the IJB-C image names (default: --ijbc)")
-    ap.add_argument("--fit-fraction", type=float, help="share of identities used to fit (default 0.5)")
-    ap.add_argument("--seed", type=int, help="seed of the identity split and samples (default 0)")
+    ap.add_argument(
+        "--fit-fraction",
+        type=float,
+        help=f"share of identities used to fit (default {_default('fit_fraction')})",
+    )
+    ap.add_argument(
+        "--seed", type=int, help=f"seed of the identity split and samples (default {_default('seed')})"
+    )
     ap.add_argument(
         "--kinds",
         nargs="+",
         choices=TRAINABLE,
-        help="map kinds (default: linear rotation hub tuned; tuned is chosen per pair by CV)",
+        help=f"map kinds (default: {_default('kinds')}; tuned is chosen per pair by CV)",
     )
-    ap.add_argument("--max-impostors", type=int, help="impostor pairs sampled for evaluation (default 10M)")
-    ap.add_argument("--convention", choices=("strict", "ijbc"), help="TAR@FAR convention (default strict)")
-    ap.add_argument("--out", help="report folder (default out/train)")
-    ap.add_argument("--cache", help="embedding cache file (default .cache/embeddings.sqlite)")
+    ap.add_argument(
+        "--max-impostors",
+        type=int,
+        help=f"impostor pairs sampled for evaluation (default {_default('max_impostors')})",
+    )
+    ap.add_argument(
+        "--convention",
+        choices=("strict", "ijbc"),
+        help=f"TAR@FAR convention (default {_default('convention')})",
+    )
+    ap.add_argument("--out", help=f"report folder (default {_default('out')})")
+    ap.add_argument("--cache", help=f"embedding cache file (default {_default('cache')})")
     ap.add_argument("--publish", metavar="HOST:PORT", help="publish the maps to a running mapper-serve")
     ap.add_argument("--admin-token-file", help=f"file holding that server's admin token (else ${TOKEN_ENV})")
     ap.add_argument(
