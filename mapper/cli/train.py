@@ -39,6 +39,7 @@ from mapper.datasets.face_zoo import choose_images, identity_of, identity_split,
 from mapper.eval.crossmodel import (
     SUMMARY_FARS,
     CrossModelResults,
+    Scored,
     cross_model_eval,
     fit_maps,
     with_mirrored,
@@ -403,7 +404,7 @@ def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> 
 def eval_kinds(kinds: list[str]) -> tuple[str, ...]:
     """What is evaluated: no map, each kind under a plain cosine, and tuned maps as Compare
     scores them."""
-    return ("none", *kinds, *(["tuned:compare"] if "tuned" in kinds else []))
+    return ("none", *kinds, *([Scored.compare("tuned")] if "tuned" in kinds else []))
 
 
 def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path) -> tuple[list, dict]:

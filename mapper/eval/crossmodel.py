@@ -30,6 +30,27 @@ from mapper.eval.selection import select_map
 from mapper.eval.templates import pair_scores, pool_templates
 
 SUMMARY_FARS = (1e-2, 1e-3, 1e-4)
+
+
+class Scored(str):
+    """An evaluated kind: ``"tuned"`` scores a kind's maps' output by a plain cosine (what a
+    matcher does with Translate's output), ``"tuned:compare"`` as its map files record (what
+    Compare does). A ``str``, so it keys reports and results.json as plain names do."""
+
+    SUFFIX = ":compare"
+
+    @classmethod
+    def compare(cls, kind: str) -> Scored:
+        return cls(kind + cls.SUFFIX)
+
+    @property
+    def map_kind(self) -> str:
+        """The kind of the maps it evaluates."""
+        return self.removesuffix(self.SUFFIX)
+
+    @property
+    def compares(self) -> bool:
+        return self.endswith(self.SUFFIX)
 CURVE_FARS = np.logspace(-6, 0, 61)
 
 
@@ -133,7 +154,7 @@ def cross_model_eval(
     """Evaluate every ordered pair for every kind whose maps are present in ``maps``."""
     models = list(embeddings)
     kinds = tuple(
-        k for k in kinds if k == "none" or any(key[2] == k.removesuffix(":compare") for key in maps)
+        k for k in kinds if k == "none" or any(key[2] == Scored(k).map_kind for key in maps)
     )
     res = CrossModelResults(models, list(kinds), tuple(fars), convention)
     res.n_genuine, res.n_impostor = int(protocol.labels.sum()), int((~protocol.labels).sum())
@@ -174,9 +195,9 @@ def cross_model_eval(
             d = min(native[A].shape[1], native[B].shape[1])
             side_a, side_b = native[A][:, :d], native[B][:, :d]
         else:
-            mapping = maps[A, B, kind.removesuffix(":compare")]
+            mapping = maps[A, B, Scored(kind).map_kind]
             side_a, side_b = templates(mapping.transform(embeddings[A]))[1], native[B]
-            m = mapping if kind.endswith(":compare") else None
+            m = mapping if Scored(kind).compares else None
         tar, auc, curve = score(side_a, side_b, m)
         for f in fars:
             res.tar[kind][f][a, b] = tar[f]

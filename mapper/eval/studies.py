@@ -17,7 +17,7 @@ from mapper.core.hub import CanonicalSpace
 from mapper.core.maps import EmbeddingMap
 from mapper.core.validation import l2_normalize
 from mapper.errors import InvalidInput
-from mapper.eval.crossmodel import cross_model_eval, fit_maps, with_mirrored
+from mapper.eval.crossmodel import Scored, cross_model_eval, fit_maps, with_mirrored
 from mapper.eval.metrics import evaluate
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.report import short
@@ -78,7 +78,7 @@ def fewshot(
         "pairs": [],
         "tar": {kind: [] for kind in (*kinds, *methods)},
     }
-    fit_kinds = tuple(dict.fromkeys(k.removesuffix(":compare") for k in kinds))
+    fit_kinds = tuple(dict.fromkeys(Scored(k).map_kind for k in kinds))
     native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
     curve["native"] = float(np.nanmean(np.diag(native.tar["none"][1e-2])))
     for n in tqdm([*grid, None], desc="few-shot", disable=not progress):
@@ -158,7 +158,7 @@ def _fit_methods(
                     if a != b:
                         maps[a, b, name] = ABLATION[name](a, b, emb[a], emb[b], groups)
             scored = maps[models[0], models[1], name].scoring_ is not None
-            kinds.append(f"{name}:compare" if scored else name)
+            kinds.append(Scored.compare(name) if scored else name)
     return maps, kinds
 
 
@@ -197,8 +197,8 @@ def ablation(
         t = float(np.mean([tuned[a, b, "tuned"].fit_info_["selection"]["seconds"] for a, b in pairs]))
         for a, b in pairs:
             maps[a, b, "tuned"] = tuned[a, b, "tuned"]
-        kinds += ["tuned", "tuned:compare"]
-        seconds["tuned"] = seconds["tuned:compare"] = t
+        kinds += ["tuned", Scored.compare("tuned")]
+        seconds["tuned"] = t
     res = cross_model_eval(
         emb_eval, protocol, maps, kinds=tuple(kinds), fars=fars, convention=convention, progress=progress
     )
@@ -207,11 +207,11 @@ def ablation(
     rows: dict[str, Any] = {"native (B vs B)": {"tar": {f"{f:g}": float(native[f].mean()) for f in fars}}}
     for kind in kinds:
         gap = {f: native[f][None, :] - res.tar[kind][f] for f in fars}
-        label = {"tuned": "tuned, Translate (cosine)", "tuned:compare": "tuned, Compare"}
-        rows[label.get(kind, kind.removesuffix(":compare"))] = {
+        label = {"tuned": "tuned, Translate (cosine)", Scored.compare("tuned"): "tuned, Compare"}
+        rows[label.get(kind, Scored(kind).map_kind)] = {
             "tar": {f"{f:g}": float(res.tar[kind][f][off].mean()) for f in fars},
             "worst_gap": {f"{f:g}": float(gap[f][off].max()) for f in fars},
-            "fit_seconds_per_map": seconds.get(kind.removesuffix(":compare"), seconds.get(kind)),
+            "fit_seconds_per_map": seconds[Scored(kind).map_kind],
         }
     return {"fars": [f"{f:g}" for f in fars], "models": models, "rows": rows}
 
