@@ -226,46 +226,15 @@ async def _serve(cfg: ServiceConfig) -> None:
         compute = stack.enter_context(
             futures.ThreadPoolExecutor(compute_threads(cfg), thread_name_prefix="compute")
         )
-        limit = cfg.max_message_mb * 2**20
-        server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(policy)],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                # Per connection: streams open at once, and how long a connection may sit idle.
-                ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
-                ("grpc.max_connection_idle_ms", 300_000),
-                # grpcio sets SO_REUSEPORT by default: a second server on the same port would
-                # start and silently take half the connections. Fail instead.
-                ("grpc.so_reuseport", 0),
-            ],
-        )
         servicer = MapperServicer(
             translator,
             compute=compute,
             embedder=embedder,
             admission=Admission(budgets(cfg)),
-            max_reply_bytes=limit,
+            max_reply_bytes=cfg.max_message_mb * 2**20,
             stream_idle=cfg.stream_idle,
         )
-        pb_grpc.add_MapperServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        address = f"{cfg.host}:{cfg.port}"
-        creds = _credentials(cfg)
-        try:
-            port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise SystemExit(
-                f"mapper-serve: cannot listen on {address} (is another server using it?): {e}"
-            ) from e
+        server, port = _listening_server(cfg, policy, servicer, health_servicer)
         if cfg.metrics_port >= 0:
             prom.start_http_server(cfg.metrics_port, addr=cfg.host)
         for name in ("", SERVICE_NAME):  # until the maps are loaded
@@ -288,16 +257,56 @@ async def _serve(cfg: ServiceConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         reloading = asyncio.create_task(_load_and_reload(cfg, port, translator, health_servicer, stop))
         await stop.wait()
-        log.info(json.dumps({"event": "stopping", "drain_s": cfg.drain, "grace_s": cfg.grace}))
-        # NOT_SERVING first, still answering, so load balancers see it and move new calls
-        # elsewhere; then refuse new calls (UNAVAILABLE) and give in-flight ones their grace.
-        # Calls still running after it are cancelled, and their work stops within a block.
-        await health_servicer.enter_graceful_shutdown()
-        await asyncio.sleep(cfg.drain)
-        await server.stop(cfg.grace)
+        await _drain(cfg, server, health_servicer)
         reloading.cancel()
         compute.shutdown(wait=True, cancel_futures=True)
     log.info(json.dumps({"event": "stopped"}))
+
+
+def _listening_server(
+    cfg: ServiceConfig, policy: Any, servicer: MapperServicer, health_servicer: Any
+) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server with the mapper service, health and reflection, bound to its port
+    (not yet started); SystemExit, naming the address, if it cannot listen."""
+    limit = cfg.max_message_mb * 2**20
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(policy)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Per connection: streams open at once, and how long a connection may sit idle.
+            ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+            ("grpc.max_connection_idle_ms", 300_000),
+            # grpcio sets SO_REUSEPORT by default: a second server on the same port would
+            # start and silently take half the connections. Fail instead.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_MapperServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{cfg.host}:{cfg.port}"
+    creds = _credentials(cfg)
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise SystemExit(
+            f"mapper-serve: cannot listen on {address} (is another server using it?): {e}"
+        ) from e
+    return server, port
+
+
+async def _drain(cfg: ServiceConfig, server: grpc.aio.Server, health_servicer: Any) -> None:
+    """NOT_SERVING first, still answering, so load balancers see it and move new calls
+    elsewhere; then refuse new calls (UNAVAILABLE) and give in-flight ones their grace.
+    Calls still running after it are cancelled, and their work stops within a block."""
+    log.info(json.dumps({"event": "stopping", "drain_s": cfg.drain, "grace_s": cfg.grace}))
+    await health_servicer.enter_graceful_shutdown()
+    await asyncio.sleep(cfg.drain)
+    await server.stop(cfg.grace)
 
 
 async def _load_and_reload(
