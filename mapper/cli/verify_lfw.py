@@ -45,12 +45,41 @@ def main(argv: list[str] | None = None) -> None:
 
     pairs = read_lfw_pairs(lfw_pairs_path())
     names = pairs.images()
+    rows, embedded = _native(args, pairs, names)
+    print(
+        f"\nLFW View 2, 6,000 pairs, {len(names)} images; {args.backend} path vs face-zoo in-process vectors"
+    )
+    print(
+        f"| model | accuracy ({args.backend}) | AUC ({args.backend}) | accuracy (zoo) | AUC (zoo) "
+        "| no face | time |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for model, acc, std, auc, racc, rstd, rauc, nfail, seconds in rows:
+        zoo_cells = "- | -" if np.isnan(racc) else f"{racc:.4f} ± {rstd:.4f} | {rauc:.4f}"
+        print(f"| {model} | {acc:.4f} ± {std:.4f} | {auc:.4f} | {zoo_cells} | {nfail} | {seconds:.0f} s |")
+
+    cross = cross_model_view2(embedded, names, pairs)
+    models = list(embedded)
+    out = _write_report(Path(args.out), args.backend, models, rows, cross)
+    off = ~np.eye(len(models), dtype=bool)
+    for kind in cross["accuracy"]:
+        print(
+            f"cross-model {kind}: mean accuracy {cross['accuracy'][kind][off].mean():.4f}, "
+            f"mean AUC {cross['auc'][kind][off].mean():.4f}"
+        )
+    print(f"report: {out}")
+
+
+def _native(
+    args: argparse.Namespace, pairs: PairList, names: list[str]
+) -> tuple[list[tuple], dict[str, np.ndarray]]:
+    """Each model's View 2 accuracy and AUC through ``args.backend``, beside the face zoo's
+    own vectors where it ships them: (table rows, {model: (n_images, d) embeddings})."""
     index = {n: i for i, n in enumerate(names)}
     paths = [lfw_images_dir() / n for n in names]
     zoo_names, zoo_emb = load_lfw_embeddings()
     zoo_index = {str(n): i for i, n in enumerate(zoo_names)}
-    rows = []
-    embedded = {}
+    rows, embedded = [], {}
     with face_embedder(args.backend, models=args.models) as embedder:
         cache = EmbeddingCache(args.cache)
         for model in args.models:
@@ -67,29 +96,22 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(
                 (model, acc, std, auc, ref_acc, ref_std, ref_auc, len(failed), time.perf_counter() - t0)
             )
-    print(
-        f"\nLFW View 2, 6,000 pairs, {len(names)} images; {args.backend} path vs face-zoo in-process vectors"
-    )
-    print(
-        f"| model | accuracy ({args.backend}) | AUC ({args.backend}) | accuracy (zoo) | AUC (zoo) "
-        "| no face | time |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for model, acc, std, auc, racc, rstd, rauc, nfail, seconds in rows:
-        zoo_cells = "- | -" if np.isnan(racc) else f"{racc:.4f} ± {rstd:.4f} | {rauc:.4f}"
-        print(f"| {model} | {acc:.4f} ± {std:.4f} | {auc:.4f} | {zoo_cells} | {nfail} | {seconds:.0f} s |")
+    return rows, embedded
 
-    cross = cross_model_view2(embedded, names, pairs)
-    out = Path(args.out)
+
+def _write_report(
+    out: Path, backend: str, models: list[str], rows: list[tuple], cross: dict[str, dict[str, np.ndarray]]
+) -> Path:
+    """report.md with heatmaps and results.json in ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    models = list(embedded)
     parts = [
         "# LFW View 2 across models",
-        f"6,000 pairs in ten folds, images embedded through the {args.backend} path. Cross-model: for each "
+        f"6,000 pairs in ten folds, images embedded through the {backend} path. Cross-model: for each "
         "fold, maps fitted on the people not in that fold; row A's image mapped into column B's space, the "
         "other image embedded by B. Accuracy: mean over folds, threshold chosen on the other nine folds. "
         "The diagonal is native verification.",
     ]
+    off = ~np.eye(len(models), dtype=bool)
     for metric, label in (("accuracy", "10-fold accuracy"), ("auc", "AUC")):
         heatmaps(
             models,
@@ -101,7 +123,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         parts.append(f"## {label}\n\n![{label}]({metric}.png)")
         for kind, matrix in cross[metric].items():
-            off = ~np.eye(len(models), dtype=bool)
             parts.append(
                 f"**{kind}** (mean off-diagonal {matrix[off].mean():.4f})\n\n" + matrix_table(models, matrix)
             )
@@ -116,13 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             indent=1,
         )
     )
-    for kind in cross["accuracy"]:
-        off = ~np.eye(len(models), dtype=bool)
-        print(
-            f"cross-model {kind}: mean accuracy {cross['accuracy'][kind][off].mean():.4f}, "
-            f"mean AUC {cross['auc'][kind][off].mean():.4f}"
-        )
-    print(f"report: {out / 'report.md'}")
+    return out / "report.md"
 
 
 def cross_model_view2(
