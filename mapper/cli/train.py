@@ -58,6 +58,7 @@ from mapper.eval.studies import (
     ablation,
     ablation_table,
     fewshot,
+    fewshot_table,
     security_table,
     template_security,
     vendor_joins,
@@ -427,25 +428,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             methods=tuple(cfg.fewshot_methods),
         )
         fewshot_plot(curve, out / "fewshot.png")
-        columns = list(curve["tar"])
-        rows = "\n".join(
-            f"| {i} | {p} | " + " | ".join(f"{curve['tar'][k][n]:.4f}" for k in columns) + " |"
-            for n, (i, p) in enumerate(zip(curve["identities"], curve["pairs"], strict=True))
-        )
-        sections.append(
-            (
-                "How little data is enough",
-                "Mean cross-model TAR@FAR=1e-2 (strict) over all ordered pairs, maps fitted on a seeded "
-                + (
-                    "sample of the fitting images"
-                    if cfg.fewshot_draw == "images"
-                    else "sample of the fitting people with 2+ images (all their images)"
-                )
-                + f"; native mean {curve['native']:.4f}.\n\n"
-                "![few-shot curve](fewshot.png)\n\n| identities | pairs | " + " | ".join(columns) + " |\n"
-                "|---|---|" + "---|" * len(columns) + "\n" + rows,
-            )
-        )
+        sections.append(("How little data is enough", fewshot_table(curve, "fewshot.png")))
         extra["fewshot"] = curve
     if cfg.ablation is not None:
         study = ablation(
