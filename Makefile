@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint docs bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
@@ -28,6 +29,10 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/ruff format --check . && $(BIN)/hadolint Dockerfile deploy/triton.Dockerfile
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: setup
 	$(BIN)/python benchmarks/bench_maps.py

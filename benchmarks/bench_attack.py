@@ -12,7 +12,7 @@ attack, side by side:
 
 Prints the victim's p99 under attack / idle (the issue's goal: at most 3x), how many
 attack calls were admitted or refused, and the server's peak RSS (VmHWM) against the bound
-the README derives from the flags.
+docs/guides/service.md derives from the flags.
 """
 
 from __future__ import annotations

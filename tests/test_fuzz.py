@@ -1,5 +1,5 @@
 """Property-based fuzzing of every RPC against the real server: for any well-formed message
-the reply's status is one the README documents for that RPC, never INTERNAL, and the
+the reply's status is one docs/guides/service.md documents for that RPC, never INTERNAL, and the
 server keeps running."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TOKEN = "fuzz-token"
 S = grpc.StatusCode
 ANY = {S.OK, S.RESOURCE_EXHAUSTED}  # any RPC: done, or over the message size limit
 ADMIN = {S.UNAUTHENTICATED, S.PERMISSION_DENIED}
-#: The statuses each RPC may return (the README's table).
+#: The statuses each RPC may return (docs/guides/service.md's table).
 DOCUMENTED = {
     "Translate": ANY | {S.INVALID_ARGUMENT, S.NOT_FOUND},
     "TranslateStream": ANY | {S.INVALID_ARGUMENT, S.NOT_FOUND},

@@ -173,7 +173,7 @@ def test_training_report_never_holds_the_token(tmp_path, face_zoo):
 
 def test_oversized_requests_are_refused_within_a_memory_bound(server):
     """Four concurrent 250 MiB requests against the 64 MiB default: refused, and the
-    server's peak resident memory stays under 400 MiB (documented in the README)."""
+    server's peak resident memory stays under 400 MiB (documented in docs/guides/service.md)."""
     x = np.zeros((250 * 2**20 // (4 * 16), 16), np.float32)
     codes = []
 

@@ -49,7 +49,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 def people(lfw_embeddings):
     """mapper-train --full's split: all 7,701 LFW images, 3,865 of 2,140 people fit the maps.
     (With 334 fitting images of 92 people even the maps' mean vectors leak membership,
-    AUC 0.66-0.72: README, "Threat model".)"""
+    AUC 0.66-0.72: docs/results/trustworthy-maps.md.)"""
     all_names = [str(n) for n in lfw_embeddings["names"]]
     names = choose_images(sorted(all_names), None, 0)
     index = {n: i for i, n in enumerate(all_names)}

@@ -70,7 +70,7 @@ def test_lfw_accuracy_through_triton(embedded, lfw_images, lfw_embeddings, model
     same = pairs.same[pick]
     auc = roc_auc_score(same, scores)
     if model not in lfw_embeddings:  # the six added models: the face zoo ships no vectors
-        # Fold-0 AUCs in-process (README): mobileface 0.93, hse-deep 0.97, the others 0.99+.
+        # Fold-0 AUCs in-process (docs/guides/triton.md): mobileface 0.93, hse-deep 0.97, the others 0.99+.
         assert auc > {"becauseofai-mobileface": 0.88, "hse-faceres-deep": 0.93}.get(model, 0.97), auc
         return
     zoo_index = {n: i for i, n in enumerate(lfw_embeddings["names"])}

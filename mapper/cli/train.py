@@ -303,7 +303,7 @@ def select(cfg: TrainConfig) -> list[str]:
         if not all_names:
             raise SystemExit(
                 f"no LFW images in {lfw_images_dir()}: set FACE_ZOO_DIR "
-                "(see README, 'Data and weights') or pass --embeddings"
+                "(docs/guides/triton.md says where each file comes from) or pass --embeddings"
             )
     return choose_images(all_names, None if cfg.full else cfg.images, cfg.seed)
 

@@ -1,6 +1,6 @@
 """An ensemble of maps: the mean of their centred predictions.
 
-Measured on LFW (README, "Translation at low FAR"): ridge, rotation and the polynomial
+Measured on LFW (docs/results/low-far.md): ridge, rotation and the polynomial
 kernel err in different directions, and their mean beats each of them at FAR 1e-4 and
 with few fitting pairs. The members share one centring (all normalise and centre their
 inputs the same way), so the ensemble is again ``target_mean + prediction``.

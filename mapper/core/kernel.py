@@ -1,6 +1,6 @@
 """A non-linear map by kernel ridge regression with a polynomial kernel on synthetic landmarks.
 
-Measured on LFW (README, "Translation at low FAR"): where a linear map loses most (dlib's
+Measured on LFW (docs/results/low-far.md): where a linear map loses most (dlib's
 space, either way) a polynomial kernel recovers much of the loss. Exact kernel ridge
 regression expands the map over the fitting inputs themselves, so its file would hold
 every fitting template; this map expands over ``n_landmarks`` points drawn at random from
@@ -15,7 +15,7 @@ on the file told fitting people from unseen ones at ROC AUC 0.59 (``tests/test_p
 So the map is fitted on targets with Gaussian noise added (``label_noise`` times each
 dimension's spread): every row then also carries noise that no one holds, and the same
 attack falls to AUC 0.50-0.55 on four model pairs. Removing it would take the fitting
-inputs, not just the seed. Measured on LFW (README, "Trustworthy maps"), it costs an
+inputs, not just the seed. Measured on LFW (docs/results/trustworthy-maps.md), it costs an
 ensemble at most 0.003 TAR at FAR 1e-3; a kernel map alone up to 0.02.
 """
 

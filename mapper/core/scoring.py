@@ -1,8 +1,7 @@
 """Where a mapped template is scored against a native one: the space a map file records.
 
 Translate returns templates in the target model's raw space, where a vendor's matcher
-takes a plain cosine. Compare may do better, measured on LFW (README, "Translation at low
-FAR"): centring both sides on the target's fitted mean removes the large shared component
+takes a plain cosine. Compare may do better, measured on LFW (docs/results/low-far.md): centring both sides on the target's fitted mean removes the large shared component
 that mapped templates over- or under-state, and symmetric score normalisation (S-norm)
 corrects each template's own score offset, which is what decides the impostor tail at FAR
 1e-3 and below.
@@ -13,7 +12,7 @@ cohort's mean and std are both proportional to it; so normalising by it is S-nor
 an infinite Gaussian cohort. A map file then stores two covariance matrices of many
 people's centred templates instead of the templates themselves (measured on LFW, four
 models: within 0.003 at FAR 1e-3 and 0.006 at 1e-4 of S-norm against 3,865 real templates,
-README "Trustworthy maps").
+docs/results/trustworthy-maps.md).
 """
 
 from __future__ import annotations

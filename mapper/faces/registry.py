@@ -239,7 +239,7 @@ BUILTIN: tuple[FaceModel, ...] = (
         licence="none published",
     ),
     # Six more, found in registry packages (the face zoo's README gives each file's origin).
-    # Crops and input scaling were chosen on LFW View-2 folds 0-1 in-process (README).
+    # Crops and input scaling were chosen on LFW View-2 folds 0-1 in-process (docs/guides/triton.md).
     FaceModel(
         name="faceplugin-fr-feature",
         short="fp-mfn512",
