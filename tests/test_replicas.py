@@ -59,6 +59,14 @@ def served_version(srv) -> int | None:
             return None
 
 
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` (every 20 ms) until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def pg_url(postgres):
     return postgres.new_database()
@@ -103,16 +111,18 @@ def test_database_killed_mid_publish_loses_nothing(tmp_path, postgres, pg_url):
         with a.client(admin_token=TOKEN) as c:
             c.put_mapping(linear(n=0))
         thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: len(acknowledged) >= 3, "publishes acknowledged before the kill")
         postgres.kill()
-        time.sleep(1.5)
+        down = health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_until(lambda: all(store_health(srv) == down for srv in (a, b)), "both replicas see the outage")
         # Both replicas go on serving the last version they loaded, and say the store is down.
         for srv in (a, b):
             assert served_version(srv) is not None
-            assert store_health(srv) == health_pb2.HealthCheckResponse.NOT_SERVING
             assert store_up(srv) == 0
+        wait_until(lambda: len(refused) >= 1, "a publish refused during the outage")
         postgres.start()
-        time.sleep(1.0)
+        up = health_pb2.HealthCheckResponse.SERVING
+        wait_until(lambda: all(store_health(srv) == up for srv in (a, b)), "both replicas see the store back")
     finally:
         stop.set()
         thread.join(30)
@@ -194,12 +204,11 @@ def test_load_balanced_replicas_survive_one_going_down(tmp_path, pg_url, nginx_b
                 time.sleep(0.1)
         for t in threads:
             t.start()
-        time.sleep(1.5)
+        wait_until(lambda: ok[0] > 50, "calls through nginx")
         before = ok[0]
         replicas[0].proc.send_signal(signal.SIGKILL)  # down, with calls in flight
         replicas[0].proc.wait()
-        time.sleep(2.0)
-        assert ok[0] > before + 50, "traffic goes on through the other replica"
+        wait_until(lambda: ok[0] > before + 50, "traffic going on through the other replica")
     finally:
         stop.set()
         for t in threads:
