@@ -25,7 +25,7 @@ WORKDIR /app
 # torch is an extra for training (mapper-train, MLP maps); the service does not import it.
 COPY pyproject.toml README.md ./
 COPY mapper ./mapper
-COPY service ./service
+COPY mapper_service ./mapper_service
 # This project itself, from the build context (its dependencies are pinned in pyproject.toml).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[postgres]" \

@@ -35,10 +35,10 @@ from mapper import KernelMap, LinearMap  # noqa: E402
 from mapper.core import mapfile  # noqa: E402
 from mapper.serving.sqlite import SQLiteMapStore  # noqa: E402
 from mapper.serving.translator import macs_per_row  # noqa: E402
-from service import convert  # noqa: E402
-from service.gen import mapper_pb2 as pb  # noqa: E402
-from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
-from service.launcher import start_service  # noqa: E402
+from mapper_service import convert  # noqa: E402
+from mapper_service.gen import mapper_pb2 as pb  # noqa: E402
+from mapper_service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
+from mapper_service.launcher import start_service  # noqa: E402
 
 D = 128
 

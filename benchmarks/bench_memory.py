@@ -26,7 +26,7 @@ from mapper.core import mapfile  # noqa: E402
 from mapper.eval.selection import attach_scoring  # noqa: E402
 from mapper.faces.registry import BUILTIN  # noqa: E402
 from mapper.serving.sqlite import SQLiteMapStore  # noqa: E402
-from service.launcher import start_service  # noqa: E402
+from mapper_service.launcher import start_service  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

@@ -11,8 +11,8 @@ import timeit
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from service import convert
-from service.gen import mapper_pb2 as pb
+from mapper_service import convert
+from mapper_service.gen import mapper_pb2 as pb
 
 
 def repeated_float_message() -> type:

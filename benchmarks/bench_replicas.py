@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from mapper import LinearMap  # noqa: E402
 from mapper.core import mapfile  # noqa: E402
-from service.client import MapperClient  # noqa: E402
+from mapper_service.client import MapperClient  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 from tests.servers import start_nginx, start_server  # noqa: E402
 

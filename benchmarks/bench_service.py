@@ -34,10 +34,10 @@ from mapper.core import mapfile  # noqa: E402
 from mapper.serving.sqlite import SQLiteMapStore  # noqa: E402
 from mapper.triton.client import TritonClient  # noqa: E402
 from mapper.triton.server import TritonServer  # noqa: E402
-from service.client import MapperClient  # noqa: E402
-from service.gen import mapper_pb2 as pb  # noqa: E402
-from service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
-from service.launcher import start_service, wait_port_file  # noqa: E402
+from mapper_service.client import MapperClient  # noqa: E402
+from mapper_service.gen import mapper_pb2 as pb  # noqa: E402
+from mapper_service.gen import mapper_pb2_grpc as pb_grpc  # noqa: E402
+from mapper_service.launcher import start_service, wait_port_file  # noqa: E402
 
 
 class Echo(pb_grpc.MapperServiceServicer):

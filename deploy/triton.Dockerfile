@@ -6,5 +6,5 @@ FROM nvcr.io/nvidia/tritonserver:25.01-py3
 
 COPY pyproject.toml README.md /src/
 COPY mapper /src/mapper
-COPY service /src/service
+COPY mapper_service /src/mapper_service
 RUN pip install --no-cache-dir "/src[triton]"

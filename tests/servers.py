@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mapper.triton.server import free_port
-from service.launcher import ServiceProcess, start_service
+from mapper_service.launcher import ServiceProcess, start_service
 
 #: The checkout: tests run commands from here and compare generated files with its own.
 ROOT = Path(__file__).resolve().parents[1]

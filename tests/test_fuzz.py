@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from mapper import CanonicalSpace, LinearMap
 from mapper.core import mapfile
 from mapper.serving.sqlite import SQLiteMapStore
-from service.gen import mapper_pb2 as pb
+from mapper_service.gen import mapper_pb2 as pb
 
 from .servers import start_server
 

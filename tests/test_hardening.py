@@ -25,8 +25,8 @@ from mapper.core import mapfile
 from mapper.core.ensemble import EnsembleMap
 from mapper.eval.selection import attach_scoring
 from mapper.serving.sqlite import SQLiteMapStore
-from service.client import MapperClient
-from service.gen import mapper_pb2 as pb
+from mapper_service.client import MapperClient
+from mapper_service.gen import mapper_pb2 as pb
 
 from .servers import ROOT, grpcurl, start_server
 
@@ -102,7 +102,7 @@ def test_a_second_server_on_the_same_port_fails_to_start(server, tmp_path, store
         [
             sys.executable,
             "-m",
-            "service",
+            "mapper_service",
             "--store",
             str(store),
             "--port",

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from service.client import MapperClient
-from service.launcher import wait_port_file
+from mapper_service.client import MapperClient
+from mapper_service.launcher import wait_port_file
 
 from .servers import ROOT
 
@@ -60,13 +61,26 @@ def installed(tmp_path_factory):
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FACE_ZOO_DIR")}
-    return venv, elsewhere, env
+    return venv, elsewhere, env, wheel
+
+
+def test_the_wheel_holds_the_two_packages_and_no_dev_tools(installed):
+    """Top level: mapper and mapper_service only (no generic ``service``, no ``tools``, no
+    ``tests``); the protobuf generator stays in the checkout."""
+    names = zipfile.ZipFile(installed[3]).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"mapper", "mapper_service"}, top
+    assert not [n for n in names if "protogen" in n]
 
 
 def test_imports_come_from_the_installed_wheel(installed):
-    venv, elsewhere, env = installed
+    venv, elsewhere, env, _ = installed
     out = subprocess.run(
-        [venv / "bin" / "python", "-c", "import mapper.cli.train, service.app; print(mapper.__file__)"],
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import mapper.cli.train, mapper_service.app; print(mapper.__file__)",
+        ],
         cwd=elsewhere,
         env=env,
         capture_output=True,
@@ -77,7 +91,7 @@ def test_imports_come_from_the_installed_wheel(installed):
 
 
 def test_train_then_serve_from_another_directory(installed, face_zoo):
-    venv, elsewhere, env = installed
+    venv, elsewhere, env, _ = installed
     run = subprocess.run(
         [
             venv / "bin" / "mapper-train",

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mapper import LinearMap
 from mapper.core import mapfile
-from service.client import MapperClient
+from mapper_service.client import MapperClient
 
 from .servers import start_nginx, start_server
 

@@ -23,7 +23,7 @@ from mapper.core import mapfile
 from mapper.datasets.face_zoo import identity_of
 from mapper.eval.metrics import tar_at_far_strict
 from mapper.serving.sqlite import SQLiteMapStore
-from service.gen import mapper_pb2 as pb
+from mapper_service.gen import mapper_pb2 as pb
 
 from .servers import ROOT, grpcurl, start_server
 

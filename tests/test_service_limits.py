@@ -22,10 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mapper import KernelMap, LinearMap
 from mapper.core import mapfile
 from mapper.serving.sqlite import SQLiteMapStore
-from service import convert
-from service.client import MapperClient
-from service.gen import mapper_pb2 as pb
-from service.gen import mapper_pb2_grpc as pb_grpc
+from mapper_service import convert
+from mapper_service.client import MapperClient
+from mapper_service.gen import mapper_pb2 as pb
+from mapper_service.gen import mapper_pb2_grpc as pb_grpc
 
 from .servers import free_port, start_server
 from .test_service_load import rss_mib
@@ -86,7 +86,7 @@ def test_flags_that_weaken_what_was_asked_refuse_to_start(tmp_path, heavy_store,
     paths = {"pem": tmp_path / "x.pem", "missing": tmp_path / "nope", "blank": tmp_path / "blank"}
     args = [f.format(**paths) for f in flags]
     done = subprocess.run(
-        [sys.executable, "-m", "service", "--store", str(heavy_store), "--port", "0", *args],
+        [sys.executable, "-m", "mapper_service", "--store", str(heavy_store), "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -268,7 +268,7 @@ def test_a_replica_is_not_serving_until_its_maps_are_loaded(tmp_path, postgres):
                 [
                     sys.executable,
                     "-m",
-                    "service",
+                    "mapper_service",
                     "--store",
                     url,
                     "--port",

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from mapper import RotationMap
 from mapper.serving.sqlite import SQLiteMapStore
-from service.client import MapperClient
+from mapper_service.client import MapperClient
 
 from .servers import start_server
 

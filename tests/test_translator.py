@@ -22,11 +22,11 @@ from mapper.errors import EmbeddingError, InvalidInput, LimitExceeded, MapNotFou
 from mapper.serving.admission import GIGA, Admission, Budgets
 from mapper.serving.sqlite import SQLiteMapStore
 from mapper.serving.translator import Translator
-from service import metrics
-from service.client import MapperClient
-from service.gen import mapper_pb2_grpc as pb_grpc
-from service.interceptors import ServiceInterceptor, status_for
-from service.servicer import MapperServicer
+from mapper_service import metrics
+from mapper_service.client import MapperClient
+from mapper_service.gen import mapper_pb2_grpc as pb_grpc
+from mapper_service.interceptors import ServiceInterceptor, status_for
+from mapper_service.servicer import MapperServicer
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((300, 16))

@@ -141,7 +141,7 @@ def test_model_errors_are_in_the_error_family(triton):
     import grpc
 
     from mapper.errors import EmbeddingError, TritonModelError
-    from service.interceptors import status_for
+    from mapper_service.interceptors import status_for
 
     with TritonClient(triton.url, retries=0) as client:
         with pytest.raises(TritonModelError, match="no-such-model") as missing:
@@ -206,7 +206,7 @@ def test_corrupt_or_missing_weights_are_refused_with_their_path(face_zoo, tmp_pa
 def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, embedded, tmp_path):
     import grpc
 
-    from service.gen import mapper_pb2 as pb
+    from mapper_service.gen import mapper_pb2 as pb
     from tests.servers import start_server
 
     _, _, names, data = lfw_images

@@ -25,7 +25,7 @@ from mapper.core.validation import l2_normalize
 from mapper.datasets.face_zoo import identity_of, lfw_images_dir
 from mapper.faces.registry import DEFAULT_MODELS, DETECTOR
 from mapper.triton.server import TritonServer
-from service.launcher import start_service
+from mapper_service.launcher import start_service
 
 SRC, DST = "sface-2021dec-int8bq", "dlib-resnet-v1"
 
@@ -42,8 +42,8 @@ def pick_people(images_dir: Path) -> tuple[list[bytes], list[str]]:
 
 
 def try_the_service(address: str) -> None:
-    from service.client import MapperClient
-    from service.gen import mapper_pb2 as pb
+    from mapper_service.client import MapperClient
+    from mapper_service.gen import mapper_pb2 as pb
 
     images, people = pick_people(lfw_images_dir())
     with MapperClient(address) as client:

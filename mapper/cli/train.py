@@ -539,7 +539,7 @@ def publish(cfg: TrainConfig, blobs: list[bytes], log: Log) -> list[str]:
             ref = store.publish(blob).ref
             published.append(f"{ref.map_id} v{ref.version}")
     if cfg.publish:
-        from service.client import MapperClient
+        from mapper_service.client import MapperClient
 
         with MapperClient(cfg.publish, admin_token=cfg.token()) as client:
             for blob in blobs:

@@ -1,8 +1,9 @@
 """Where a mapped template is scored against a native one: the space a map file records.
 
 Translate returns templates in the target model's raw space, where a vendor's matcher
-takes a plain cosine. Compare may do better, measured on LFW (docs/results/low-far.md): centring both sides on the target's fitted mean removes the large shared component
-that mapped templates over- or under-state, and symmetric score normalisation (S-norm)
+takes a plain cosine. Compare may do better, measured on LFW (docs/results/low-far.md):
+centring both sides on the target's fitted mean removes the large shared component that
+mapped templates over- or under-state, and symmetric score normalisation (S-norm)
 corrects each template's own score offset, which is what decides the impostor tail at FAR
 1e-3 and below.
 

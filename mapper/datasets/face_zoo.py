@@ -52,7 +52,8 @@ def load_lfw_embeddings(
     path = Path(path) if path else face_zoo_dir() / "embeddings" / "lfw-embeddings.npz"
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found: point FACE_ZOO_DIR at a face-zoo folder (docs/guides/triton.md says where each file comes from)"
+            f"{path} not found: point FACE_ZOO_DIR at a face-zoo folder "
+            "(docs/guides/triton.md says where each file comes from)"
         )
     with np.load(path) as data:
         names = data["names"]

@@ -51,6 +51,8 @@ class Scored(str):
     @property
     def compares(self) -> bool:
         return self.endswith(self.SUFFIX)
+
+
 CURVE_FARS = np.logspace(-6, 0, 61)
 
 
@@ -153,9 +155,7 @@ def cross_model_eval(
 ) -> CrossModelResults:
     """Evaluate every ordered pair for every kind whose maps are present in ``maps``."""
     models = list(embeddings)
-    kinds = tuple(
-        k for k in kinds if k == "none" or any(key[2] == Scored(k).map_kind for key in maps)
-    )
+    kinds = tuple(k for k in kinds if k == "none" or any(key[2] == Scored(k).map_kind for key in maps))
     res = CrossModelResults(models, list(kinds), tuple(fars), convention)
     res.n_genuine, res.n_impostor = int(protocol.labels.sum()), int((~protocol.labels).sum())
 

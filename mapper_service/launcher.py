@@ -52,7 +52,7 @@ def start_service(
     cmd = [
         sys.executable,
         "-m",
-        "service",
+        "mapper_service",
         "--port",
         "0",
         "--port-file",

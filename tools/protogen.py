@@ -1,4 +1,4 @@
-"""Regenerate service/gen/ from proto/ (python -m service.protogen [OUT_DIR]).
+"""Regenerate service/gen/ from proto/ (python -m tools.protogen [OUT_DIR]).
 
 The generated modules are committed; tests/test_protogen.py checks they are current.
 """
@@ -40,5 +40,5 @@ def generate(out: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for f in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "service" / "gen"):
+    for f in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "mapper_service" / "gen"):
         print(f)
