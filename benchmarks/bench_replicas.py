@@ -2,7 +2,7 @@
 side with one replica called directly; and publish-to-served latency with each store
 (SQLite: the other replica polls; PostgreSQL: LISTEN/NOTIFY).
 
-Real processes on loopback: a PostgreSQL server (tests/postgres.py), mapper-serve
+Real processes on loopback: a PostgreSQL server (tools/postgres.py), mapper-serve
 replicas, nginx. On a 2-core machine the replicas share the cores with the load
 generator, so a second replica cannot add much here: the figures show what the load
 balancer costs and that it spreads load, not a scaling curve.
@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from mapper import LinearMap  # noqa: E402
 from mapper.core import mapfile  # noqa: E402
 from mapper_service.client import MapperClient  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
-from tests.servers import start_nginx, start_server  # noqa: E402
+from mapper_service.launcher import start_service  # noqa: E402
+from tools.nginx import start_nginx  # noqa: E402
+from tools.postgres import PostgresServer  # noqa: E402
 
 TOKEN = "bench"
 DIM = 512
@@ -100,7 +101,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     with PostgresServer() as pg:
         url = pg.new_database()
-        replicas = [start_server(work / f"r{i}", url, "--admin-token", TOKEN) for i in range(2)]  # type: ignore[arg-type]
+        replicas = [
+            start_service(
+                url,
+                "--reload-interval",
+                "0.2",
+                "--drain",
+                "0",
+                "--admin-token",
+                TOKEN,
+                workdir=work / f"r{i}",
+            )
+            for i in range(2)
+        ]
         try:
             with replicas[0].client(admin_token=TOKEN) as c:
                 c.put_mapping(map_file(0))
@@ -124,7 +137,9 @@ def main() -> None:
                 r.stop()
     sqlite = work / "maps.sqlite"
     replicas = [
-        start_server(work / f"s{i}", sqlite, "--admin-token", TOKEN, "--reload-interval", "2")
+        start_service(
+            sqlite, "--drain", "0", "--admin-token", TOKEN, "--reload-interval", "2", workdir=work / f"s{i}"
+        )
         for i in range(2)
     ]
     try:

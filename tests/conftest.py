@@ -46,8 +46,8 @@ def triton(face_zoo: Path):
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A real PostgreSQL server for the session (see tests/postgres.py)."""
-    from .postgres import PostgresServer, available
+    """A real PostgreSQL server for the session (see tools/postgres.py)."""
+    from tools.postgres import PostgresServer, available
 
     if not available():
         if os.environ.get("CI"):

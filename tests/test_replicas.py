@@ -20,8 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mapper import LinearMap
 from mapper.core import mapfile
 from mapper_service.client import MapperClient
+from tools.nginx import start_nginx
 
-from .servers import start_nginx, start_server
+from .servers import start_server
 
 TOKEN = "replica-token"
 rng = np.random.default_rng(5)

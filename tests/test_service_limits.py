@@ -252,7 +252,7 @@ def test_a_replica_is_not_serving_until_its_maps_are_loaded(tmp_path, postgres):
     """PostgreSQL down while a replica starts: it used to report SERVING with 0 maps and
     answer NOT_FOUND. (``postgres`` only for its policy when the binaries are missing; this
     test stops its own server.)"""
-    from .postgres import PostgresServer
+    from tools.postgres import PostgresServer
 
     with PostgresServer() as pg:
         url = pg.new_database()
