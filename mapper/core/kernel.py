@@ -121,7 +121,7 @@ class KernelMap(NonlinearMap):
         A = Phi.T @ Phi + self.alpha * self._kernel(Z, Z)
         A[np.diag_indices_from(A)] += 1e-9 * np.trace(A) / m
         self.coef_ = scipy.linalg.solve(A, Phi.T @ Yc, assume_a="pos", overwrite_a=True)
-        self._landmarks_ = Z
+        self._landmarks_ = Z.astype(np.float32)  # what transform uses, fitted or loaded: half the memory
         self.weight_ = self.degree * Z.T @ self.coef_
         return {
             "degree": int(self.degree),
@@ -156,6 +156,7 @@ class KernelMap(NonlinearMap):
                 f"coef {self.coef_.shape}, n_landmarks {m}"
             )
         self.source_mean_ = tensors["source_mean"]
-        self._landmarks_ = self._landmarks(m)
-        tensors = {**tensors, "weight": self.degree * self._landmarks_.T @ self.coef_}
+        Z = self._landmarks(m)
+        self._landmarks_ = Z.astype(np.float32)
+        tensors = {**tensors, "weight": self.degree * Z.T @ self.coef_}
         super()._load_state(tensors, fit_info)
