@@ -137,8 +137,8 @@ def test_ensemble_zero_rows_blocks_and_file_round_trip():
     Xc = unit(Z) - m.source_mean_
     predicted = np.mean([p._predict_centered(Xc) for p in m.members_], axis=0)
     assert np.median(np.linalg.norm(predicted, axis=1)) == pytest.approx(
-        np.median(np.linalg.norm(unit(quadratic(Z)) - m.target_mean_, axis=1)), rel=1e-9
-    )
+        np.median(np.linalg.norm(unit(quadratic(Z)) - m.target_mean_, axis=1)), rel=1e-6
+    )  # the kernel member computes in float32
     again = mapfile.loads(mapfile.dumps(m))
     assert isinstance(again, EnsembleMap) and again.scoring_.kind == "snorm"
     # Files hold float32 coefficients: the loaded map agrees to float32 rounding.

@@ -84,7 +84,12 @@ class KernelMap(NonlinearMap):
     def _kernel(self, X: np.ndarray, Z: np.ndarray) -> np.ndarray:
         K = X @ Z.T
         K += 1
-        return K**self.degree
+        # Repeated products, not K ** degree: numpy's integer power of a float array calls
+        # pow() per element, about 8 times slower (benchmarks/bench_tuning.py).
+        out = K.copy() if self.degree > 1 else K
+        for _ in range(int(self.degree) - 1):
+            out *= K
+        return out
 
     def _landmarks(self, m: int) -> np.ndarray:
         """(m, d_source) unit landmarks from the stored factor and seed: the same rows at
@@ -120,7 +125,9 @@ class KernelMap(NonlinearMap):
         Phi = self._kernel(Xc + self.source_mean_, Z)  # the kernel sees the unit rows
         A = Phi.T @ Phi + self.alpha * self._kernel(Z, Z)
         A[np.diag_indices_from(A)] += 1e-9 * np.trace(A) / m
-        self.coef_ = scipy.linalg.solve(A, Phi.T @ Yc, assume_a="pos", overwrite_a=True)
+        # float32, as files store it: transform then runs two float32 matrix products
+        # (twice as fast as float64), and a fitted map computes what its file will.
+        self.coef_ = scipy.linalg.solve(A, Phi.T @ Yc, assume_a="pos", overwrite_a=True).astype(np.float32)
         self._landmarks_ = Z.astype(np.float32)  # what transform uses, fitted or loaded: half the memory
         self.weight_ = self.degree * Z.T @ self.coef_
         return {
@@ -131,8 +138,9 @@ class KernelMap(NonlinearMap):
         }
 
     def _predict(self, Xn: np.ndarray) -> np.ndarray:
-        """The centred prediction for unit rows ``Xn``."""
-        return self._kernel(Xn, self._landmarks_) @ self.coef_
+        """The centred prediction for unit rows ``Xn``, computed in float32 (the kernel's
+        values are at most 2 ** degree: float32 keeps them to about 1e-7)."""
+        return self._kernel(Xn.astype(np.float32, copy=False), self._landmarks_) @ self.coef_
 
     def _predict_centered(self, Xc: np.ndarray) -> np.ndarray:
         return self._predict(Xc + self.source_mean_)
@@ -142,9 +150,7 @@ class KernelMap(NonlinearMap):
         super()._scale_residual(s)
 
     def _state_tensors(self) -> dict[str, np.ndarray]:
-        # float32 coefficients: half the file, and the predictions agree to about 1e-7.
-        coef = self.coef_.astype(np.float32)
-        return {**super()._state_tensors(), "landmark_factor": self.landmark_factor_, "coef": coef}
+        return {**super()._state_tensors(), "landmark_factor": self.landmark_factor_, "coef": self.coef_}
 
     def _load_state(self, tensors: dict[str, np.ndarray], fit_info: dict[str, Any]) -> None:
         self.landmark_factor_ = tensors["landmark_factor"].astype(np.float32)
