@@ -421,7 +421,7 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
             ev.protocol,
             cfg.seed,
             cfg.progress,
-            kinds,
+            kinds=kinds,
             draw=cfg.fewshot_draw,
             mirrored=data.mirrored,
             full_maps=maps,

@@ -34,6 +34,7 @@ def fewshot(
     protocol: VerificationProtocol,
     seed: int,
     progress: bool,
+    *,
     kinds: tuple[str, ...] = ("linear", "rotation"),
     draw: str = "images",
     mirrored: dict[str, np.ndarray] | None = None,
@@ -58,19 +59,9 @@ def fewshot(
         raise InvalidInput(f"draw must be one of {FEWSHOT_DRAWS}, got {draw!r}")
     _check_methods(methods)
     methods = tuple(m for m in methods if m not in kinds)  # "linear" is both
-    unique, counts = np.unique(ids_fit, return_counts=True)
-    multi = unique[counts >= 2]
-    if draw == "images":
-        grid = [n for n in (25, 50, 100, 250, 500, 1000, 2000) if n < ids_fit.size]
-    else:
-        grid = [n for n in (5, 10, 25, 50, 100, 150, 250, 500) if n < multi.size]
     rng = np.random.default_rng(seed)
-    impostors = np.flatnonzero(~protocol.labels)
-    if impostors.size > 1_000_000:
-        keep = np.sort(
-            np.r_[np.flatnonzero(protocol.labels), rng.choice(impostors, 1_000_000, replace=False)]
-        )
-        protocol = replace(protocol, pairs=protocol.pairs[keep], labels=protocol.labels[keep])
+    protocol = _at_most_impostors(protocol, 1_000_000, rng)  # first: the seeded draws of earlier runs
+    draws = _fewshot_draws(ids_fit, draw, rng)
     curve: dict[str, Any] = {
         "far": 1e-2,
         "draw": draw,
@@ -81,20 +72,13 @@ def fewshot(
     fit_kinds = tuple(dict.fromkeys(Scored(k).map_kind for k in kinds))
     native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
     curve["native"] = float(np.nanmean(np.diag(native.tar["none"][1e-2])))
-    for n in tqdm([*grid, None], desc="few-shot", disable=not progress):
-        if n is None:
-            chosen = np.ones(ids_fit.size, bool)
-        elif draw == "images":
-            chosen = np.zeros(ids_fit.size, bool)
-            chosen[rng.choice(ids_fit.size, n, replace=False)] = True
-        else:
-            chosen = np.isin(ids_fit, rng.choice(multi, n, replace=False))
+    for chosen in tqdm(draws, desc="few-shot", disable=not progress):
         emb, groups = with_mirrored(
             {m: e[chosen] for m, e in emb_fit.items()},
             ids_fit[chosen],
             None if mirrored is None else {m: e[chosen] for m, e in mirrored.items()},
         )
-        if n is None and full_maps is not None:
+        if chosen.all() and full_maps is not None:
             maps = dict(full_maps)
         else:
             maps, _ = fit_maps(emb, fit_kinds, groups=groups, progress=False)
@@ -107,6 +91,33 @@ def fewshot(
         for key, kind in (*zip(kinds, kinds, strict=True), *zip(methods, scored, strict=True)):
             curve["tar"][key].append(res.summary()[kind][1e-2])
     return curve
+
+
+def _fewshot_draws(ids_fit: np.ndarray, draw: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """(n_fit,) masks of the fitting images each point of the curve fits on, the last all."""
+    unique, counts = np.unique(ids_fit, return_counts=True)
+    multi = unique[counts >= 2]
+    masks = []
+    if draw == "images":
+        for n in (n for n in (25, 50, 100, 250, 500, 1000, 2000) if n < ids_fit.size):
+            mask = np.zeros(ids_fit.size, bool)
+            mask[rng.choice(ids_fit.size, n, replace=False)] = True
+            masks.append(mask)
+    else:
+        for n in (n for n in (5, 10, 25, 50, 100, 150, 250, 500) if n < multi.size):
+            masks.append(np.isin(ids_fit, rng.choice(multi, n, replace=False)))
+    return [*masks, np.ones(ids_fit.size, bool)]
+
+
+def _at_most_impostors(
+    protocol: VerificationProtocol, limit: int, rng: np.random.Generator
+) -> VerificationProtocol:
+    """Every genuine pair and a seeded sample of ``limit`` impostor pairs."""
+    impostors = np.flatnonzero(~protocol.labels)
+    if impostors.size <= limit:
+        return protocol
+    keep = np.sort(np.r_[np.flatnonzero(protocol.labels), rng.choice(impostors, limit, replace=False)])
+    return replace(protocol, pairs=protocol.pairs[keep], labels=protocol.labels[keep])
 
 
 def _recipe(make: Callable[[str, str], EmbeddingMap], rescale: bool, scoring: str | None) -> Callable:
