@@ -1,4 +1,4 @@
-"""Bounded load on loopback: 32 concurrent clients for 12 s (LOAD_TEST_SECONDS), mixed good
+"""Bounded load on loopback: 32 concurrent clients for 10 s (LOAD_TEST_SECONDS), mixed good
 and bad RPCs. No good call may fail and the server's memory must stay flat."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mapper.serving.sqlite import SQLiteMapStore
 
 from .servers import start_server
 
-SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", 12))
+SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", 10))
 CLIENTS = 32
 
 
