@@ -15,8 +15,8 @@ on the file told fitting people from unseen ones at ROC AUC 0.59 (``tests/test_p
 So the map is fitted on targets with Gaussian noise added (``label_noise`` times each
 dimension's spread): every row then also carries noise that no one holds, and the same
 attack falls to AUC 0.50-0.55 on four model pairs. Removing it would take the fitting
-inputs, not just the seed. Measured on LFW (docs/results/trustworthy-maps.md), it costs an
-ensemble at most 0.003 TAR at FAR 1e-3; a kernel map alone up to 0.02.
+inputs, not just the seed. Measured on LFW (docs/results/trustworthy-maps.md), on four
+model pairs it costs an ensemble up to 0.007 TAR at FAR 1e-3, a kernel map alone up to 0.034.
 """
 
 from __future__ import annotations
