@@ -198,7 +198,7 @@ def test_published_files_are_validated_and_bad_ones_change_nothing(server):
     good = linear(source="a", target="b")
     m = LinearMap(source_id="a", target_id="b").fit(X, Y)
     scored = mapfile.dumps(attach_scoring(m, "snorm", X, Y))
-    assert mapfile.loads(scored).scoring_.kind == "snorm"  # the unforged file is fine
+    assert mapfile.loads(scored).scoring_.method == "snorm"  # the unforged file is fine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ensemble = mapfile.dumps(

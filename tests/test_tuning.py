@@ -140,7 +140,7 @@ def test_ensemble_zero_rows_blocks_and_file_round_trip():
         np.median(np.linalg.norm(unit(quadratic(Z)) - m.target_mean_, axis=1)), rel=1e-6
     )  # the kernel member computes in float32
     again = mapfile.loads(mapfile.dumps(m))
-    assert isinstance(again, EnsembleMap) and again.scoring_.kind == "snorm"
+    assert isinstance(again, EnsembleMap) and again.scoring_.method == "snorm"
     # Files hold float32 coefficients: the loaded map agrees to float32 rounding.
     np.testing.assert_allclose(again.transform(X), out, atol=1e-6)
 
@@ -243,7 +243,7 @@ def test_selection_picks_the_planted_winner_and_the_file_says_why():
     assert m.served_as == "tuned" and m.kind == "kernel" and map_id_of(m) == "a->b:tuned"
     again = mapfile.loads(mapfile.dumps(m))
     assert again.served_as == "tuned" and isinstance(again, KernelMap)
-    assert again.fit_info_["selection"] == sel and again.scoring_.kind == sel["scoring"]
+    assert again.fit_info_["selection"] == sel and again.scoring_.method == sel["scoring"]
     x = Z[:20].astype(np.float32)
     np.testing.assert_allclose(again.transform(x), m.transform(x), atol=1e-6)
     np.testing.assert_allclose(

@@ -45,14 +45,14 @@ class ScoreSpace:
     of either side is stored.
     """
 
-    def __init__(self, kind: str = "cosine") -> None:
-        if kind not in SCORINGS:
-            raise InvalidInput(f"scoring must be one of {SCORINGS}, got {kind!r}")
-        self.kind = kind
+    def __init__(self, method: str = "cosine") -> None:
+        if method not in SCORINGS:
+            raise InvalidInput(f"scoring must be one of {SCORINGS}, got {method!r}")
+        self.method = method
 
     def fit(self, mapped: np.ndarray, native: np.ndarray, center: np.ndarray) -> ScoreSpace:
         self.center_ = np.asarray(center, np.float64)
-        if self.kind == "snorm":
+        if self.method == "snorm":
             self.cov_mapped_ = _second_moment(self._prepare(mapped))
             self.cov_native_ = _second_moment(self._prepare(native))
         return self
@@ -61,7 +61,7 @@ class ScoreSpace:
         """Unit rows (templates are directions), then centred and unit again; a zero row
         (no face) stays zero: it matches no one rather than everyone near the mean."""
         Z = l2_normalize(np.asarray(Z, np.float32))
-        if self.kind != "cosine":
+        if self.method != "cosine":
             null = ~Z.any(axis=1)
             Z = l2_normalize(Z - self.center_.astype(np.float32), copy=False)
             Z[null] = 0
@@ -84,7 +84,7 @@ class ScoreSpace:
     def _scores(self, mapped: np.ndarray, native: np.ndarray, pairwise: bool) -> np.ndarray:
         P, Q = self._prepare(mapped), self._prepare(native)
         s = P @ Q.T if pairwise else np.einsum("ij,ij->i", P, Q)
-        if self.kind == "snorm":
+        if self.method == "snorm":
             ip = self._inverse_spread(P, self.cov_native_)
             iq = self._inverse_spread(Q, self.cov_mapped_)
             s *= 0.5 * ((ip[:, None] + iq) if pairwise else (ip + iq))
@@ -101,12 +101,13 @@ class ScoreSpace:
     # -- state for map files ---------------------------------------------------------------
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"score.center": self.center_}
-        if self.kind == "snorm":
+        if self.method == "snorm":
             out |= {"score.cov_mapped": self.cov_mapped_, "score.cov_native": self.cov_native_}
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"kind": self.kind, "statistics": "gaussian" if self.kind == "snorm" else None}
+        # "kind" in files (map files written before the attribute was renamed read the same)
+        return {"kind": self.method, "statistics": "gaussian" if self.method == "snorm" else None}
 
     @classmethod
     def from_state(cls, info: dict[str, Any], tensors: dict[str, np.ndarray], dim: int) -> ScoreSpace:
@@ -115,7 +116,7 @@ class ScoreSpace:
         space = cls(info["kind"])
         space.center_ = tensors["score.center"]
         shapes = [space.center_.shape == (dim,)]
-        if space.kind == "snorm":
+        if space.method == "snorm":
             if "score.cov_mapped" not in tensors:
                 raise ValueError(
                     "this S-norm scoring stores cohorts of fitting people's templates (written by an "

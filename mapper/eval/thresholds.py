@@ -35,7 +35,7 @@ def refit_like(m: EmbeddingMap, X: np.ndarray, Y: np.ndarray, groups: np.ndarray
     if "residual_scale" in m.fit_info_:
         copy.rescale_residual(X, Y)
     if m.scoring_ is not None:
-        attach_scoring(copy, m.scoring_.kind, X, Y)
+        attach_scoring(copy, m.scoring_.method, X, Y)
     return copy
 
 

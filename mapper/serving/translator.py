@@ -295,7 +295,7 @@ class Translator:
             a = check_embeddings(a, name="a", dim=m.n_features_in_)
             b = check_embeddings(b, name="b", dim=m.n_features_out_)
             result = Comparison(
-                np.empty(a.shape[0], np.float32), space=model_b, map=ref, scoring=m.score_space.kind
+                np.empty(a.shape[0], np.float32), space=model_b, map=ref, scoring=m.score_space.method
             )
             calibration, per_row = calibrations.get(ref.map_id, Calibration()), macs_per_row(m)
 
