@@ -324,3 +324,22 @@ def test_proto_comments_reach_users_through_the_shipped_proto(server):
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert "row-major, little-endian" in out
+
+
+def test_hub_files_written_with_the_old_parameter_name_still_load():
+    """CanonicalSpace's ``kind`` became ``legs`` (kind named four things); files that say
+    ``kind`` load as before, and the same legs come back."""
+    from mapper.core.hub import CanonicalSpace
+
+    rng = np.random.default_rng(5)
+    hub = CanonicalSpace(legs="linear").fit(
+        {"a": rng.standard_normal((60, 6)), "b": rng.standard_normal((60, 5))}
+    )
+
+    def old_name(meta) -> None:
+        meta["hub"]["params"]["kind"] = meta["hub"]["params"].pop("legs")
+
+    again = mapfile.loads(forge(mapfile.dumps(hub), edit_meta=old_name))
+    assert again.legs == "linear"
+    x = rng.standard_normal((3, 6))
+    np.testing.assert_allclose(again.translate(x, "a", "b"), hub.translate(x, "a", "b"), atol=1e-6)

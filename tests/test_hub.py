@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::mapper.UnderdeterminedWarning")
 
 def test_hub_composition_equals_direct_rotation_on_consistent_data():
     models = planted_models(np.random.default_rng(0))
-    hub = CanonicalSpace(kind="rotation", **RAW).fit(models)
+    hub = CanonicalSpace(legs="rotation", **RAW).fit(models)
     for a in models:
         for b in models:
             if a == b:
@@ -44,7 +44,7 @@ def test_hub_composition_equals_direct_rotation_on_consistent_data():
 
 def test_hub_composition_equals_direct_linear_on_consistent_data():
     models = planted_models(np.random.default_rng(1), dims=(24, 24, 30), linear=True)
-    hub = CanonicalSpace(kind="linear", alpha=1e-10, **RAW).fit(models)
+    hub = CanonicalSpace(legs="linear", alpha=1e-10, **RAW).fit(models)
     for a in models:
         for b in models:
             if a != b:
@@ -79,8 +79,8 @@ def test_hub_errors():
     hub = CanonicalSpace().fit(models)
     with pytest.raises(UnknownModelError, match="not in hub"):
         hub.translate(models["m0"], "m0", "nope")
-    with pytest.raises(ValueError, match="kind"):
-        CanonicalSpace(kind="magic").fit(models)
+    with pytest.raises(ValueError, match="legs"):
+        CanonicalSpace(legs="magic").fit(models)
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def test_every_map_kind_maps_across_dimensions(kind, d_in, d_out):
 def test_hub_over_128_512_1024():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hub = CanonicalSpace(kind="linear").fit({f"m{d}": s[FIT] for d, s in SPACES.items()})
+        hub = CanonicalSpace(legs="linear").fit({f"m{d}": s[FIT] for d, s in SPACES.items()})
     for a in SPACES:
         for b in SPACES:
             if a != b:

@@ -13,7 +13,7 @@ from mapper.core.maps import AffineMap, LinearMap, compose, procrustes
 from mapper.core.validation import EmbeddingError, FitError, check_embeddings, l2_normalize
 from mapper.errors import InvalidInput, UnknownModelError
 
-HUB_KINDS = ("rotation", "linear")
+HUB_LEGS = ("rotation", "linear")
 
 
 class CanonicalSpace(BaseEstimator):
@@ -22,8 +22,8 @@ class CanonicalSpace(BaseEstimator):
     The consensus ``Z`` (n, dim) is found by alternating: rotate (and scale) each model's
     centred, normalised embeddings onto ``Z``, then set ``Z`` to their mean. Each model then
     gets two legs: ``forward`` (model -> hub) and ``backward`` (hub -> model). With
-    ``kind="rotation"`` the legs are the Procrustes rotations and their exact inverses; with
-    ``kind="linear"`` they are ridge regressions onto and out of the consensus (the linear
+    ``legs="rotation"`` they are the Procrustes rotations and their exact inverses; with
+    ``legs="linear"`` they are ridge regressions onto and out of the consensus (the linear
     least-squares variant). A -> B is ``backward[B] o forward[A]``, one affine map.
 
     Fitted attributes: ``models_`` (names in order), ``dim_``, ``legs_`` ({name: (forward,
@@ -33,7 +33,7 @@ class CanonicalSpace(BaseEstimator):
     def __init__(
         self,
         *,
-        kind: str = "rotation",
+        legs: str = "rotation",
         dim: int | None = None,
         alpha: float | None = None,
         max_iter: int = 500,
@@ -43,7 +43,7 @@ class CanonicalSpace(BaseEstimator):
         normalize_output: bool = True,
         name: str = "hub",
     ) -> None:
-        self.kind = kind
+        self.legs = legs
         self.dim = dim
         self.alpha = alpha
         self.max_iter = max_iter
@@ -62,8 +62,8 @@ class CanonicalSpace(BaseEstimator):
 
     def fit(self, embeddings: Mapping[str, Any], groups: Any = None) -> CanonicalSpace:
         """Fit on {model name: (n, d_model) embeddings}, row i being the same image in all."""
-        if self.kind not in HUB_KINDS:
-            raise InvalidInput(f"kind must be one of {HUB_KINDS}, got {self.kind!r}")
+        if self.legs not in HUB_LEGS:
+            raise InvalidInput(f"legs must be one of {HUB_LEGS}, got {self.legs!r}")
         if len(embeddings) < 2:
             raise FitError(f"a hub needs at least 2 models, got {len(embeddings)}")
         arrays = {m: check_embeddings(x, name=f"embeddings[{m!r}]") for m, x in embeddings.items()}
@@ -118,7 +118,7 @@ class CanonicalSpace(BaseEstimator):
     ) -> tuple[AffineMap, AffineMap]:
         """Forward and backward legs of one model; ``fit`` is its (rotation, scale) onto Z
         when the caller has it."""
-        if self.kind == "rotation":
+        if self.legs == "rotation":
             rotation, scale = fit if fit is not None else procrustes(xc, Z)[:2]
             weight = rotation * scale
             residual = float(((xc @ weight - Z) ** 2).sum() / (Z**2).sum())
@@ -191,7 +191,7 @@ class CanonicalSpace(BaseEstimator):
             if m not in self.legs_:
                 raise UnknownModelError(f"model {m!r} is not in hub {self.name!r}; it has {self.models_}")
         composed = compose(self.legs_[source][0], self.legs_[target][1])
-        composed.fit_info_ = {"hub": self.name, "hub_kind": self.kind}
+        composed.fit_info_ = {"hub": self.name, "hub_legs": self.legs}
         return composed
 
     def translate(self, X: Any, source: str, target: str) -> np.ndarray:

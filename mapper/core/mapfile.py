@@ -136,7 +136,10 @@ def loads(data: bytes, source: str = "<bytes>") -> MapObject:
         if meta["object"] == "map":
             return maps[0]
         hub_meta = meta["hub"]
-        hub = CanonicalSpace(**hub_meta["params"])
+        params = dict(hub_meta["params"])
+        if "kind" in params:  # files written before the parameter was named for what it is
+            params["legs"] = params.pop("kind")
+        hub = CanonicalSpace(**params)
         hub.models_ = list(hub_meta["models"])
         hub.dim_ = int(hub_meta["dim"])
         hub.fit_info_ = hub_meta["fit_info"]
