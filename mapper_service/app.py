@@ -72,6 +72,11 @@ class ServiceConfig:
     log_level: str = "INFO"
     port_file: str | None = None
 
+    @property
+    def max_message_bytes(self) -> int:
+        """--max-message-mb in bytes: gRPC's limit both ways, and the largest reply."""
+        return self.max_message_mb * 2**20
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -231,7 +236,7 @@ async def _serve(cfg: ServiceConfig) -> None:
             compute=compute,
             embedder=embedder,
             admission=Admission(budgets(cfg)),
-            max_reply_bytes=cfg.max_message_mb * 2**20,
+            max_reply_bytes=cfg.max_message_bytes,
             stream_idle=cfg.stream_idle,
         )
         server, port = _listening_server(cfg, policy, servicer, health_servicer)
@@ -268,7 +273,7 @@ def _listening_server(
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with the mapper service, health and reflection, bound to its port
     (not yet started); SystemExit, naming the address, if it cannot listen."""
-    limit = cfg.max_message_mb * 2**20
+    limit = cfg.max_message_bytes
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(policy)],
         options=[

@@ -1,4 +1,6 @@
-"""Regenerate service/gen/ from proto/ (python -m tools.protogen [OUT_DIR]).
+"""Regenerate mapper_service/gen/ from proto/ (python -m tools.protogen [OUT_DIR]).
+
+A development tool: it lives in the checkout, not in the wheel.
 
 The generated modules are committed; tests/test_protogen.py checks they are current.
 """

@@ -299,10 +299,11 @@ def select(cfg: TrainConfig) -> list[str]:
         with np.load(cfg.embeddings) as data:
             all_names = sorted(str(n) for n in data["names"])
     else:
-        all_names = sorted(p.name for p in lfw_images_dir().glob("*.jpg"))
+        images = lfw_images_dir()
+        all_names = sorted(p.name for p in images.glob("*.jpg"))
         if not all_names:
             raise SystemExit(
-                f"no LFW images in {lfw_images_dir()}: set FACE_ZOO_DIR "
+                f"no LFW images in {images}: set FACE_ZOO_DIR "
                 "(docs/guides/triton.md says where each file comes from) or pass --embeddings"
             )
     return choose_images(all_names, None if cfg.full else cfg.images, cfg.seed)
@@ -328,7 +329,9 @@ def embed(
                 )
             rows = [index[n] for n in names]
             return {m: data[m][rows].astype(np.float32) for m in cfg.models}, np.zeros(0, np.int64)
-    paths = paths or [lfw_images_dir() / n for n in names]
+    if not paths:
+        images = lfw_images_dir()  # looked up once: it checks the file system
+        paths = [images / n for n in names]
     out, failed = {}, set()
     with face_embedder(cfg.backend, triton_url=cfg.triton_url, models=cfg.models, log=log) as embedder:
         cache = EmbeddingCache(cfg.cache)

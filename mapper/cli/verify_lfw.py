@@ -76,7 +76,8 @@ def _native(
     """Each model's View 2 accuracy and AUC through ``args.backend``, beside the face zoo's
     own vectors where it ships them: (table rows, {model: (n_images, d) embeddings})."""
     index = {n: i for i, n in enumerate(names)}
-    paths = [lfw_images_dir() / n for n in names]
+    images = lfw_images_dir()
+    paths = [images / n for n in names]
     zoo_names, zoo_emb = load_lfw_embeddings()
     zoo_index = {str(n): i for i, n in enumerate(zoo_names)}
     rows, embedded = [], {}

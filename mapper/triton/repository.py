@@ -57,7 +57,7 @@ that runs the backend stub (`mapper.triton.server.TritonServer` arranges that he
 
 writes native-backend models for a GPU host: `mobilefacenet-arcface` as
 `platform: "onnxruntime_onnx"` with `KIND_GPU` (onnxruntime's CUDA execution provider),
-`face-reid-retail-0095` on the `openvino` backend, with their weight files linked into
+`face-reid-retail-0095` on the `openvino` backend, with their weight files copied into
 `<model>/1/`. dlib and the int8 SFace graph (which onnxruntime rejects as shipped) stay on
 the python backend (`KIND_CPU`), so the Triton image needs this project and their runtimes:
 `deploy/triton.Dockerfile` builds it, and `deploy/docker-compose.yml` runs it beside the
