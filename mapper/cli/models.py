@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mapper.classifiers import registry as classifiers
 from mapper.datasets.face_zoo import models_dir
 from mapper.faces import registry
-from mapper.triton.repository import write_repository
+from mapper.triton.repository import write_classifiers, write_repository
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     repo.add_argument("out", help="folder to write (e.g. model_repository)")
     repo.add_argument("--gpu", action="store_true", help="GPU variant: native backends, weights copied in")
     repo.add_argument("--only", nargs="*", help="model names (default: all)")
+    repo.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="also the eight ImageNet classifiers (mapper-imagenet; weights from the ImageNet zoo)",
+    )
     args = ap.parse_args(argv)
 
     models = registry.load(args.models_file)
@@ -49,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {p}")
         return 1 if bad else 0
     chosen = [models[n] for n in args.only] if args.only else list(models.values())
-    for path in write_repository(args.out, chosen, gpu=args.gpu, weights_dir=weights):
+    written = write_repository(args.out, chosen, gpu=args.gpu, weights_dir=weights)
+    if args.imagenet:
+        written += write_classifiers(args.out, list(classifiers.CLASSIFIERS))
+    for path in written:
         print(path)
     return 0
 

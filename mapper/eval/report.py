@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mapper.classifiers import registry as classifiers
 from mapper.eval.crossmodel import CURVE_FARS, CrossModelResults
 from mapper.faces import registry
 
@@ -25,7 +26,7 @@ CONVENTION_TEXT = {
 
 def short(name: str) -> str:
     """The model's label in tables and plots (the registry's ``short``)."""
-    model = registry.load().get(name)
+    model = registry.load().get(name) or classifiers.BY_NAME.get(name)
     return model.label if model else name
 
 

@@ -1,4 +1,5 @@
-"""The python-backend model every face model in ``model_repository/`` runs.
+"""The python-backend model every face model in ``model_repository/`` (and every ImageNet
+classifier, ``mapper.classifiers``) runs.
 
 Each ``model_repository/<name>/1/model.py`` imports :class:`TritonPythonModel` from here;
 the model name picks the registry entry (``mapper.faces.registry``) and the runtime
@@ -15,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from mapper.classifiers import registry as classifiers
+from mapper.classifiers import runtimes as classifier_runtimes
 from mapper.datasets.face_zoo import models_dir
+from mapper.datasets.imagenet_zoo import imagenet_zoo_dir
 from mapper.faces import preprocess, registry, runtimes
 
 
@@ -31,6 +35,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = config.get("parameters", {})
         name = args["model_name"]
+        if name in classifiers.BY_NAME:  # an ImageNet classifier: weights from the ImageNet zoo
+            self.model = classifiers.get(name)
+            zoo = params.get("weights_dir", {}).get("string_value", "") or imagenet_zoo_dir()
+            self.run = classifier_runtimes.load(self.model, zoo).embed
+            return
         models_file = params.get("models_file", {}).get("string_value", "") or os.environ.get(
             "MAPPER_MODELS_FILE"
         )

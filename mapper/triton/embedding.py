@@ -1,5 +1,6 @@
-"""The one way to build a :class:`~mapper.faces.embed.FaceEmbedder`: in-process, through a
-running Triton, or through a Triton started here for the models asked for."""
+"""The one way to build a :class:`~mapper.faces.embed.FaceEmbedder` (and the classifiers'
+:data:`~mapper.classifiers.embed.Embed`): in-process, through a running Triton, or through
+a Triton started here for the models asked for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
+from mapper.classifiers.embed import Embed, LocalEmbed
+from mapper.classifiers.registry import Classifier
 from mapper.datasets.face_zoo import models_dir
+from mapper.datasets.imagenet_zoo import imagenet_zoo_dir
 from mapper.errors import InvalidInput
 from mapper.faces.embed import FaceEmbedder, LocalBackend
 from mapper.faces.registry import DETECTOR, FaceModel
@@ -66,3 +70,37 @@ def face_embedder(
             TritonClient(triton_url, timeout=timeout, concurrency=concurrency, batch_size=batch_size)
         )
         yield FaceEmbedder(TritonBackend(client), weights_dir=weights, models_file=models_file)
+
+
+@contextmanager
+def classifier_embed(
+    backend: str = "triton",
+    *,
+    models: Sequence[str],
+    triton_url: str | None = None,
+    zoo_dir: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Embed]:
+    """An :data:`Embed` for ImageNet classifiers for the block's duration: in-process
+    (``"local"``) or through Triton. Without ``triton_url`` a private ``tritonserver``
+    serving ``models`` starts on the first call, so a run whose embeddings are all cached
+    starts nothing."""
+    if backend == "local":
+        yield LocalEmbed(zoo_dir or imagenet_zoo_dir())
+        return
+    if backend != "triton":
+        raise InvalidInput(f"backend must be 'triton' or 'local', got {backend!r}")
+    with ExitStack() as stack:
+        clients: list[TritonClient] = []
+
+        def embed(model: Classifier, x: np.ndarray) -> np.ndarray:
+            if not clients:
+                url = triton_url
+                if not url:
+                    if log is not None:
+                        log(f"starting Triton with {len(models)} classifiers ...")
+                    url = stack.enter_context(TritonServer(models=list(models))).url
+                clients.append(stack.enter_context(TritonClient(url, timeout=300.0, batch_size=32)))
+            return clients[0].infer(model.name, model.input_name, model.output_name, x)
+
+        yield embed

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mapper.classifiers.registry import Classifier
 from mapper.errors import InvalidInput
 from mapper.faces.preprocess import check_weights
 from mapper.faces.registry import DETECTOR, FaceModel
@@ -132,6 +133,35 @@ def config_pbtxt(model: FaceModel, *, gpu: bool = False, instances: int = 1) -> 
     if not native:
         lines.append('parameters { key: "weights_dir" value { string_value: "" } }')
     return "\n".join(lines) + "\n"
+
+
+def classifier_config_pbtxt(model: Classifier) -> str:
+    """An ImageNet classifier's config.pbtxt: the python backend, (S, S, 3) uint8 photos in,
+    penultimate embeddings out. Its ``weights_dir`` parameter is the ImageNet zoo folder
+    (empty: $IMAGENET_ZOO_DIR or the default search)."""
+    lines = [
+        f'name: "{model.name}"',
+        'backend: "python"',
+        "max_batch_size: 32",
+        f"input [\n{_tensor(model.input_name, 'TYPE_UINT8', model.input_shape)}\n]",
+        f"output [\n{_tensor(model.output_name, 'TYPE_FP32', (model.dim,))}\n]",
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }",
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+        'parameters { key: "weights_dir" value { string_value: "" } }',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_classifiers(out: str | os.PathLike[str], classifiers: list[Classifier]) -> list[Path]:
+    """Add one python-backend Triton model per ImageNet classifier to the repository ``out``."""
+    written = []
+    for model in classifiers:
+        folder = Path(out) / model.name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        (folder / "config.pbtxt").write_text(classifier_config_pbtxt(model))
+        (folder / "1" / "model.py").write_text(MODEL_PY)
+        written += [folder / "config.pbtxt", folder / "1" / "model.py"]
+    return written
 
 
 def write_repository(

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import tritonclient.grpc as tc
 
+from mapper.classifiers.registry import BY_NAME as CLASSIFIERS
 from mapper.datasets.face_zoo import models_dir
 from mapper.faces import registry
-from mapper.triton.repository import write_repository
+from mapper.triton.repository import write_classifiers, write_repository
 
 
 class TritonStartError(RuntimeError):
@@ -49,8 +50,9 @@ class TritonServer:
     """``with TritonServer() as triton: triton.url`` -> "127.0.0.1:port".
 
     Without ``model_repository`` a CPU repository is generated from the model registry
-    (``models`` and the detector, or every registered model) into the server's private
-    working folder, so nothing depends on a source checkout.
+    (``models`` and the detector, or every registered face model; ImageNet classifiers when
+    ``models`` names them) into the server's private working folder, so nothing depends on
+    a source checkout.
 
     ``models`` limits loading to those names (explicit model control); ``weights_dir`` (a
     folder of model folders; default <face zoo>/models) reaches the models as
@@ -116,6 +118,8 @@ class TritonServer:
             known = registry.load()
             names = self.models if self.models is not None else list(known)
             write_repository(self.model_repository, [known[n] for n in names if n in known])
+            # ImageNet classifiers only when named: they need the ImageNet zoo and torch.
+            write_classifiers(self.model_repository, [CLASSIFIERS[n] for n in names if n in CLASSIFIERS])
         self.grpc_port, self.metrics_port = free_port(), free_port()
         cmd = [
             str(server_dir / "bin" / "tritonserver"),

@@ -1,0 +1,192 @@
+"""The 2020 paper's classification experiment: ImageNet classifiers mapped into each other.
+
+For every ordered pair (A, B) of classifiers, A's penultimate embedding is mapped into B's
+space and classified by **B's own final layer**. Two maps are compared:
+
+- **fitted** from photos: ridge regression (:class:`~mapper.core.maps.LinearMap`) on pairs
+  of embeddings of the same inputs, alpha chosen by photo-disjoint cross-validation inside
+  the training folds. Labels are never used; augmented views multiply the inputs. Photos
+  are split k-fold: a map is fitted on the training folds' photos (all their views) and
+  tested on the held-out photos (the plain view), so no tested photo is seen in any view.
+- **closed form** from the two heads (:func:`~mapper.core.heads.head_map`): no photos, so
+  it is tested on every photo.
+
+Embeddings arrive as ``{model: (views, n_photos, dim)}``; view 0 is the plain photo.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import KFold
+from tqdm import tqdm
+
+from mapper.core.heads import head_map
+from mapper.core.maps import AffineMap, EmbeddingMap, LinearMap
+from mapper.errors import InvalidInput
+
+#: Ridge penalties for raw (unnormalised) classifier embeddings, whose squared norms are in
+#: the hundreds: wide enough that cross-validation never picks an end of the grid here.
+ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
+
+
+@dataclass(frozen=True)
+class Material:
+    """What the experiment reads: labels, embeddings by view, and each model's head."""
+
+    models: list[str]
+    y: np.ndarray  # (n,) class indices
+    embeddings: dict[str, np.ndarray]  # model -> (views, n, dim) float32
+    heads: dict[str, tuple[np.ndarray, np.ndarray]]  # model -> W (classes, dim), b (classes,)
+
+    def logits(self, model: str, e: np.ndarray) -> np.ndarray:
+        W, b = self.heads[model]
+        return np.asarray(e, np.float64) @ W.T.astype(np.float64) + b
+
+    def predict(self, model: str, e: np.ndarray) -> np.ndarray:
+        return self.logits(model, e).argmax(1)
+
+    @property
+    def n_views(self) -> int:
+        return min(e.shape[0] for e in self.embeddings.values())
+
+
+def fit_maps(
+    m: Material, a: str, targets: Sequence[str], photos: np.ndarray, views: int
+) -> dict[str, AffineMap]:
+    """Ridge maps from A into each of ``targets``, fitted on ``photos`` (indices) in their
+    first ``views`` views, as ``{target: map}``.
+
+    One ridge fit on the targets side by side: ridge solves each output column on its own,
+    so this equals one fit per pair with the same alpha, at a fraction of the cost (the
+    eigendecompositions depend on A only). Each target is scaled to unit RMS norm first, so
+    that each weighs the same in the cross-validation that chooses the shared alpha; its
+    folds keep each photo's views together.
+    """
+    X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1])
+    blocks = [m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1]) for b in targets]
+    scales = [float(np.sqrt(((Y - Y.mean(0)) ** 2).sum(1).mean())) for Y in blocks]
+    joint = LinearMap(alphas=ALPHAS, normalize_input=False, normalize_output=False).fit(
+        X, np.hstack([Y / s for Y, s in zip(blocks, scales, strict=True)]), groups=np.tile(photos, views)
+    )
+    maps, start = {}, 0
+    for b, Y, scale in zip(targets, blocks, scales, strict=True):
+        cols = slice(start, start + Y.shape[1])
+        start += Y.shape[1]
+        maps[b] = AffineMap.from_params(
+            joint.weight_[:, cols] * scale,
+            joint.source_mean_,
+            joint.target_mean_[cols] * scale,
+            fit_info={"fitted_from": f"{len(photos)} photos x {views} views (ridge)", "alpha": joint.alpha_},
+            normalize_input=False,
+            normalize_output=False,
+            source_id=a,
+            target_id=b,
+        )
+    return maps
+
+
+def closed_form(m: Material, a: str, b: str) -> EmbeddingMap:
+    return head_map(*m.heads[a], *m.heads[b], source_id=a, target_id=b)
+
+
+def native(m: Material) -> dict[str, float]:
+    """Each model's own top-1 on every photo (plain view)."""
+    return {name: float((m.predict(name, m.embeddings[name][0]) == m.y).mean()) for name in m.models}
+
+
+def _scores(m: Material, a: str, b: str, mapped: np.ndarray, photos: np.ndarray) -> dict[str, float]:
+    pred = m.predict(b, mapped)
+    return {
+        "top1": float((pred == m.y[photos]).mean()),
+        "agree_b": float((pred == m.predict(b, m.embeddings[b][0, photos])).mean()),
+        "agree_a": float((pred == m.predict(a, m.embeddings[a][0, photos])).mean()),
+    }
+
+
+def experiment(
+    m: Material, *, folds: int = 5, views: int | None = None, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Fitted (k-fold over photos) and closed-form maps for every ordered pair.
+
+    Returns ``{"native": {model: top1}, "pairs": [record per (A, B)]}``; a record holds, for
+    the fitted map, the mean and standard deviation of top-1 across folds and the mean
+    agreements with A's and B's own predictions; for the closed form the same on every
+    photo, with its logit residual; and how far apart the two maps are: the relative
+    Frobenius norm of their weights and of their outputs on the held-out photos, and how
+    often their predictions agree.
+    """
+    views = m.n_views if views is None else views
+    if not 1 <= views <= m.n_views:
+        raise InvalidInput(f"views must be in 1..{m.n_views}, got {views}")
+    n = len(m.y)
+    splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
+    everyone = np.arange(n)
+    fitted = {}  # (a, b) -> one map per fold
+    for a in tqdm(m.models, desc="fitting from each model", unit="model", disable=not progress):
+        targets = [b for b in m.models if b != a]
+        for train, _ in splits:
+            for b, fit in fit_maps(m, a, targets, train, views).items():
+                fitted.setdefault((a, b), []).append(fit)
+    records = []
+    for (a, b), fits in fitted.items():
+        cf = closed_form(m, a, b)
+        per_fold = []
+        for fit, (_, test) in zip(fits, splits, strict=True):
+            test_a = m.embeddings[a][0, test]
+            out_fit, out_cf = fit.transform(test_a), cf.transform(test_a)
+            per_fold.append(
+                {
+                    **_scores(m, a, b, out_fit, test),
+                    "alpha": fit.fit_info_["alpha"],
+                    "output_distance": float(np.linalg.norm(out_fit - out_cf) / np.linalg.norm(out_cf)),
+                    "prediction_agreement": float((m.predict(b, out_fit) == m.predict(b, out_cf)).mean()),
+                    "weight_distance": float(
+                        np.linalg.norm(fit.weight_ - cf.weight_) / np.linalg.norm(cf.weight_)
+                    ),
+                }
+            )
+        top1 = np.array([f["top1"] for f in per_fold])
+        fitted_rec = {k: float(np.mean([f[k] for f in per_fold])) for k in per_fold[0]}
+        fitted_rec["top1_std"] = float(top1.std(ddof=1)) if len(top1) > 1 else 0.0
+        records.append(
+            {
+                "a": a,
+                "b": b,
+                "fitted": fitted_rec,
+                "closed_form": {
+                    **_scores(m, a, b, cf.transform(m.embeddings[a][0]), everyone),
+                    "logit_residual": cf.fit_info_["logit_residual"],
+                    "target_head_rank": cf.fit_info_["target_head_rank"],
+                },
+            }
+        )
+    return {"native": native(m), "pairs": records, "folds": folds, "views": views, "photos": n}
+
+
+def curve(
+    m: Material,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    photo_counts: Sequence[int] = (100, 200, 400, 800),
+    view_counts: Sequence[int] = (1, 4, 10),
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Top-1 of fitted maps against the number of fitting inputs (photos x views), on the
+    first fold's held-out photos, for ``pairs``: where the data limits the result."""
+    train, test = next(KFold(5, shuffle=True, random_state=seed).split(np.arange(len(m.y))))
+    order = np.random.default_rng(seed).permutation(train)
+    points = [(p, v) for p in photo_counts if p <= len(train) for v in view_counts if v <= m.n_views]
+    out = []
+    for (a, b), (p, v) in tqdm(
+        list(itertools.product(pairs, points)), desc="curve", unit="fit", disable=not progress
+    ):
+        fit = fit_maps(m, a, [b], np.sort(order[:p]), v)[b]
+        score = _scores(m, a, b, fit.transform(m.embeddings[a][0, test]), test)
+        out.append({"a": a, "b": b, "photos": p, "views": v, "inputs": p * v, "top1": score["top1"]})
+    return out
