@@ -177,6 +177,7 @@ def material(zoo, local, tmp_path_factory):
     return imagenet.Material(names, y[:300], emb, heads)
 
 
+@pytest.mark.slow
 def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_into_1280d(
     material, monkeypatch
 ):
@@ -202,6 +203,22 @@ def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_in
     assert cli.summary(res)["closed_form_exact_pairs"] == 2
 
 
+def test_the_joint_fit_is_one_ridge_per_target(material):
+    """fit_maps solves all targets at once (float32 products): the same maps, within float32
+    round-off, as one LinearMap per target with the alpha it chose."""
+    photos_ = np.arange(200)
+    maps = imagenet.fit_maps(material, V1_HALF, [V1_SMALL, V2], photos_, 2)
+    X = material.embeddings[V1_HALF][:2, photos_].reshape(-1, 512)
+    held_out = material.embeddings[V1_HALF][0, 200:]
+    for b, fit in maps.items():
+        Y = material.embeddings[b][:2, photos_].reshape(-1, registry.get(b).dim)
+        ref = imagenet.LinearMap(alpha=fit.fit_info_["alpha"], normalize_input=False, normalize_output=False)
+        expected = ref.fit(X, Y).transform(held_out)
+        tolerance = 1e-3 * np.abs(expected).max()
+        np.testing.assert_allclose(fit.transform(held_out), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.slow
 def test_cli_writes_the_report_and_maps(zoo, tmp_path):
     out = tmp_path / "out"
     rc = cli.main(

@@ -34,6 +34,10 @@ from mapper.errors import InvalidInput
 ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
 
 
+#: Random projections of the outputs on which ridge's alpha is cross-validated.
+CV_OUTPUTS = 512
+
+
 @dataclass(frozen=True)
 class Material:
     """What the experiment reads: labels, embeddings by view, and each model's head."""
@@ -65,23 +69,38 @@ def fit_maps(
     so this equals one fit per pair with the same alpha, at a fraction of the cost (the
     eigendecompositions depend on A only). Each target is scaled to unit RMS norm first, so
     that each weighs the same in the cross-validation that chooses the shared alpha; its
-    folds keep each photo's views together.
+    folds keep each photo's views together. That choice needs only the validation error
+    summed over all outputs, which a random projection of the outputs keeps in expectation,
+    so :class:`LinearMap` cross-validates on :data:`CV_OUTPUTS` projected outputs, and the
+    full width is then solved once with its alpha (the same normal equations; a test
+    compares the two).
     """
-    X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1])
+    X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1]).astype(np.float64)
     blocks = [m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1]) for b in targets]
-    scales = [float(np.sqrt(((Y - Y.mean(0)) ** 2).sum(1).mean())) for Y in blocks]
-    joint = LinearMap(alphas=ALPHAS, normalize_input=False, normalize_output=False).fit(
-        X, np.hstack([Y / s for Y, s in zip(blocks, scales, strict=True)]), groups=np.tile(photos, views)
+    y_means = [Y.mean(0, dtype=np.float64) for Y in blocks]
+    scales = [float(np.sqrt(((Y - mu) ** 2).sum(1).mean())) for Y, mu in zip(blocks, y_means, strict=True)]
+    # The two wide products in float32 (the outputs' width times n rows); the solve in float64.
+    Yc = np.hstack([(Y - mu) / s for Y, mu, s in zip(blocks, y_means, scales, strict=True)], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    projection = (rng.normal(size=(Yc.shape[1], CV_OUTPUTS)) / np.sqrt(CV_OUTPUTS)).astype(np.float32)
+    alpha = (
+        LinearMap(alphas=ALPHAS, normalize_input=False, normalize_output=False)
+        .fit(X, Yc @ projection, groups=np.tile(photos, views))
+        .alpha_
     )
+    x_mean = X.mean(0)
+    Xc = X - x_mean
+    cross = (Xc.astype(np.float32).T @ Yc).astype(np.float64)
+    weight = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(X.shape[1]), cross)
     maps, start = {}, 0
-    for b, Y, scale in zip(targets, blocks, scales, strict=True):
-        cols = slice(start, start + Y.shape[1])
-        start += Y.shape[1]
+    for b, block, mu, scale in zip(targets, blocks, y_means, scales, strict=True):
+        cols = slice(start, start + block.shape[1])
+        start = cols.stop
         maps[b] = AffineMap.from_params(
-            joint.weight_[:, cols] * scale,
-            joint.source_mean_,
-            joint.target_mean_[cols] * scale,
-            fit_info={"fitted_from": f"{len(photos)} photos x {views} views (ridge)", "alpha": joint.alpha_},
+            weight[:, cols] * scale,
+            x_mean,
+            mu,
+            fit_info={"fitted_from": f"{len(photos)} photos x {views} views (ridge)", "alpha": alpha},
             normalize_input=False,
             normalize_output=False,
             source_id=a,
