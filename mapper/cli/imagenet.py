@@ -151,14 +151,18 @@ def curve_plot(points: list[dict[str, Any]], path: Path) -> None:
     from mapper.eval.report import short
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for a, b in dict.fromkeys((p["a"], p["b"]) for p in points):
-        for v in sorted({p["views"] for p in points}):
+    pairs = list(dict.fromkeys((p["a"], p["b"]) for p in points))
+    counts = sorted({p["views"] for p in points})
+    styles = dict(zip(counts, [":", "--", "-"][-len(counts) :], strict=False))
+    for colour, (a, b) in enumerate(pairs):  # one colour per pair, one line style per view count
+        for v in counts:
             mine = [p for p in points if (p["a"], p["b"], p["views"]) == (a, b, v)]
             ax.plot(
                 [p["inputs"] for p in mine],
                 [p["top1"] for p in mine],
                 marker="o",
-                linestyle="-" if v == max(p["views"] for p in points) else ":",
+                color=f"C{colour}",
+                linestyle=styles.get(v, "-"),
                 label=f"{short(a)} -> {short(b)}, {v} view{'s' * (v > 1)}",
             )
     ax.set_xscale("log")
