@@ -29,10 +29,11 @@ import numpy as np
 
 from mapper.classifiers import registry, views
 from mapper.classifiers.embed import embed_views
+from mapper.classifiers.runtimes import load
 from mapper.core import mapfile
 from mapper.datasets.imagenet_zoo import imagenet_zoo_dir, photos
 from mapper.eval import imagenet
-from mapper.eval.report import heatmaps, matrix_table
+from mapper.eval.report import heatmaps, matrix_table, plt, short
 from mapper.triton.embedding import classifier_embed
 
 #: Pairs the data-size curve follows: same family, across families, small into large.
@@ -109,10 +110,8 @@ def load_material(args: argparse.Namespace, log) -> imagenet.Material:
             ]
             embeddings[model.name] = np.stack(blocks)
             log(f"{model.label}: {len(blocks)} views x {len(paths)} photos")
-    from mapper.classifiers.runtimes import load  # the heads: constants of each file, read in-process
-
     for model in chosen:
-        runtime = load(model, args.zoo or imagenet_zoo_dir(), threads=1)
+        runtime = load(model, args.zoo or imagenet_zoo_dir(), threads=1)  # the head: constants of the file
         heads[model.name] = (runtime.W, runtime.b)
     return imagenet.Material([m.name for m in chosen], y, embeddings, heads)
 
@@ -146,10 +145,6 @@ def summary(res: dict[str, Any]) -> dict[str, float]:
 
 
 def curve_plot(points: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from mapper.eval.report import short
-
     fig, ax = plt.subplots(figsize=(7, 4.2))
     pairs = list(dict.fromkeys((p["a"], p["b"]) for p in points))
     counts = sorted({p["views"] for p in points})
@@ -175,8 +170,6 @@ def curve_plot(points: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(out: Path, res: dict[str, Any], curve: list[dict[str, Any]] | None) -> Path:
-    from mapper.eval.report import short
-
     models = list(res["native"])
     fitted, closed = _matrix(res, models, "fitted"), _matrix(res, models, "closed_form")
     heatmaps(
