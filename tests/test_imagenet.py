@@ -268,4 +268,10 @@ def test_a_served_map_gives_the_library_top1(zoo, local, sample, tmp_path):
         srv.stop()
     assert ref.kind == "linear"
     np.testing.assert_allclose(served, m.transform(test), rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(b.logits(served).argmax(1), b.logits(m.transform(test)).argmax(1))
+    # The same classes, except where the library's top two logits are closer than the float32
+    # round-off of the two paths (the server's BLAS may sum in another order) could matter.
+    library = b.logits(m.transform(test))
+    top2 = np.sort(library, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-2
+    assert clear.sum() >= 50
+    np.testing.assert_array_equal(b.logits(served).argmax(1)[clear], library.argmax(1)[clear])

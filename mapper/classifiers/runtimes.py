@@ -20,6 +20,11 @@ from mapper.classifiers.registry import Classifier
 from mapper.errors import EmbeddingError, InvalidInput
 
 
+def logits(embeddings: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, k) float64 logits of the head ``W`` (k, d), ``b`` (k,) on (n, d) embeddings."""
+    return np.asarray(embeddings, np.float64) @ np.asarray(W, np.float64).T + b
+
+
 class ClassifierRuntime:
     """``embed(x)`` -> (n, dim) float32; ``W`` (1000, dim) and ``b`` (1000,) float32 the head
     over the 1,000 classes (a TFLite head's background row dropped)."""
@@ -33,7 +38,7 @@ class ClassifierRuntime:
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, 1000) float64 logits of the head on (n, dim) embeddings."""
-        return np.asarray(embeddings, np.float64) @ self.W.T.astype(np.float64) + self.b
+        return logits(embeddings, self.W, self.b)
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -64,7 +69,8 @@ def check_weights(model: Classifier, zoo_dir: str | os.PathLike[str]) -> Path:
     path = weight_path(model, zoo_dir)
     if not path.exists():
         raise InvalidInput(f"{path}: missing (docs/guides/imagenet.md says where to get it)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as fh:  # in chunks, not the whole file in memory
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     if digest != model.sha256:
         raise InvalidInput(f"{path}: sha256 {digest} is not {model.sha256} (corrupt or another version)")
     return path

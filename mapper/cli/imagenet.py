@@ -22,14 +22,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mapper.classifiers import registry, views
-from mapper.classifiers.embed import embed_views
-from mapper.classifiers.runtimes import load
+from mapper.classifiers.embed import LocalEmbed, embed_views
 from mapper.core import mapfile
 from mapper.datasets.imagenet_zoo import imagenet_zoo_dir, photos
 from mapper.eval import imagenet
@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_material(args: argparse.Namespace, log) -> imagenet.Material:
+def load_material(args: argparse.Namespace, log: Callable[[str], None]) -> imagenet.Material:
     paths, y = photos(args.zoo)
     chosen = [registry.get(n) for n in args.models]
-    embeddings, heads = {}, {}
+    embeddings = {}
     with classifier_embed(args.backend, models=args.models, triton_url=args.triton_url, log=log) as embed:
         for model in chosen:
             blocks = [
@@ -110,9 +110,10 @@ def load_material(args: argparse.Namespace, log) -> imagenet.Material:
             ]
             embeddings[model.name] = np.stack(blocks)
             log(f"{model.label}: {len(blocks)} views x {len(paths)} photos")
-    for model in chosen:
-        runtime = load(model, args.zoo or imagenet_zoo_dir(), threads=1)  # the head: constants of the file
-        heads[model.name] = (runtime.W, runtime.b)
+        # The heads are constants of each file, read in-process (by the runtimes already
+        # loaded when the embedding was in-process too).
+        local = embed if isinstance(embed, LocalEmbed) else LocalEmbed(args.zoo or imagenet_zoo_dir())
+        heads = {m.name: (local.runtime(m).W, local.runtime(m).b) for m in chosen}
     return imagenet.Material([m.name for m in chosen], y, embeddings, heads)
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
+from mapper.classifiers.runtimes import logits
 from mapper.core.heads import head_map
 from mapper.core.maps import AffineMap, EmbeddingMap, LinearMap
 from mapper.errors import InvalidInput
@@ -47,12 +49,14 @@ class Material:
     embeddings: dict[str, np.ndarray]  # model -> (views, n, dim) float32
     heads: dict[str, tuple[np.ndarray, np.ndarray]]  # model -> W (classes, dim), b (classes,)
 
-    def logits(self, model: str, e: np.ndarray) -> np.ndarray:
-        W, b = self.heads[model]
-        return np.asarray(e, np.float64) @ W.T.astype(np.float64) + b
-
     def predict(self, model: str, e: np.ndarray) -> np.ndarray:
-        return self.logits(model, e).argmax(1)
+        """(n,) classes ``model``'s head gives (n, dim) embeddings in its space."""
+        return logits(e, *self.heads[model]).argmax(1)
+
+    @cached_property
+    def own_predictions(self) -> dict[str, np.ndarray]:
+        """Each model's classes on every photo (plain view), computed once."""
+        return {name: self.predict(name, self.embeddings[name][0]) for name in self.models}
 
     @property
     def n_views(self) -> int:
@@ -115,15 +119,15 @@ def closed_form(m: Material, a: str, b: str) -> EmbeddingMap:
 
 def native(m: Material) -> dict[str, float]:
     """Each model's own top-1 on every photo (plain view)."""
-    return {name: float((m.predict(name, m.embeddings[name][0]) == m.y).mean()) for name in m.models}
+    return {name: float((pred == m.y).mean()) for name, pred in m.own_predictions.items()}
 
 
 def _scores(m: Material, a: str, b: str, mapped: np.ndarray, photos: np.ndarray) -> dict[str, float]:
     pred = m.predict(b, mapped)
     return {
         "top1": float((pred == m.y[photos]).mean()),
-        "agree_b": float((pred == m.predict(b, m.embeddings[b][0, photos])).mean()),
-        "agree_a": float((pred == m.predict(a, m.embeddings[a][0, photos])).mean()),
+        "agree_b": float((pred == m.own_predictions[b][photos]).mean()),
+        "agree_a": float((pred == m.own_predictions[a][photos]).mean()),
     }
 
 
