@@ -203,6 +203,7 @@ def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_in
     assert cli.summary(res)["closed_form_exact_pairs"] == 2
 
 
+@pytest.mark.slow
 def test_the_joint_fit_is_one_ridge_per_target(material):
     """fit_maps solves all targets at once (float32 products): the same maps, within float32
     round-off, as one LinearMap per target with the alpha it chose."""
