@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from mapper.core import mapfile
 from mapper.core.maps import EmbeddingMap
+from mapper.datasets.gallery import REASONS, to_matrix
 
 
 @dataclass(frozen=True)
@@ -51,43 +52,6 @@ def list_partitions(source: str | os.PathLike[str]) -> list[Partition]:
         for g in range(meta.num_row_groups):
             parts.append(Partition(len(parts), str(f), g, meta.row_group(g).num_rows))
     return parts
-
-
-def to_matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x dim float32 with bad rows zeroed, (rows,) reason codes: 0 ok, 1 wrong dim, 3 missing)."""
-    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(col)
-    out = np.zeros((n, dim), np.float32)
-    reason = np.zeros(n, np.int8)
-    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
-    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-        lengths = np.array([len(v) if v is not None else -1 for v in col.to_pylist()])
-        good = valid & (lengths == 4 * dim)
-        if good.any():
-            data = b"".join(v for v, g in zip(col.to_pylist(), good, strict=True) if g)
-            out[good] = np.frombuffer(data, "<f4").reshape(-1, dim)
-    else:
-        if pa.types.is_fixed_size_list(col.type):
-            lengths = np.full(n, col.type.list_size)
-        else:
-            lengths = np.asarray(
-                pa.compute.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
-            )
-        good = valid & (lengths == dim)
-        if good.any():
-            flat = col.filter(pa.array(good)).flatten().to_numpy(zero_copy_only=False)
-            out[good] = np.asarray(flat, np.float32).reshape(-1, dim)
-    reason[~good] = 1
-    reason[~valid] = 3
-    return out, reason
-
-
-REASONS = {
-    1: "wrong dimension or unreadable embedding",
-    2: "NaN or Inf in embedding",
-    3: "missing embedding",
-    4: "missing id",
-}
 
 
 class PartitionWriter:

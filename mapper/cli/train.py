@@ -36,14 +36,17 @@ from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import TRAINABLE
 from mapper.core.maps import EmbeddingMap
 from mapper.datasets.face_zoo import choose_images, identity_of, identity_split, lfw_images_dir
+from mapper.datasets.gallery import read_gallery
+from mapper.errors import InvalidInput
 from mapper.eval.crossmodel import (
     SUMMARY_FARS,
     CrossModelResults,
     Scored,
     cross_model_eval,
     fit_maps,
-    with_mirrored,
+    gallery_eval,
 )
+from mapper.eval.pairing import PAIRINGS, Pairs, gallery_pairs, image_pairs, make_pairs
 from mapper.eval.protocols import (
     VerificationProtocol,
     detections_from_landmarks,
@@ -51,7 +54,7 @@ from mapper.eval.protocols import (
     read_ijbc,
     write_ijbc,
 )
-from mapper.eval.report import PAPERS, fewshot_plot, write_report
+from mapper.eval.report import PAPERS, fewshot_plot, pairing_plot, write_report
 from mapper.eval.studies import (
     ABLATION,
     FEWSHOT_DRAWS,
@@ -59,12 +62,21 @@ from mapper.eval.studies import (
     ablation_table,
     fewshot,
     fewshot_table,
+    pairing_study,
+    pairing_table,
     security_table,
     template_security,
     vendor_joins,
     vendor_table,
 )
-from mapper.eval.thresholds import CALIBRATION_FOLDS, calibrate, far_check, far_table, native_thresholds
+from mapper.eval.thresholds import (
+    CALIBRATION_FOLDS,
+    calibrate,
+    far_check,
+    far_table,
+    gallery_far_check,
+    native_thresholds,
+)
 from mapper.faces import registry
 from mapper.faces.cache import EmbeddingCache, embed_images
 from mapper.triton.embedding import face_embedder
@@ -95,10 +107,17 @@ class TrainConfig:
     admin_token: str | None = field(default=None, repr=False)
     admin_token_file: str | None = None
     store: str | None = None
+    pairing: str = "image"  # how fitting pairs are made: one photo by both models, or two photos of a person
+    old_gallery: str | None = None  # Parquet: models[0]'s templates of the old photos
+    new_gallery: str | None = None  # Parquet: models[1]'s templates of new photos
+    person_column: str = "person"
+    id_column: str = "id"
+    embedding_column: str = "embedding"
     mirror: bool = False  # also fit on each fitting image's mirrored face
     fewshot: bool = True
     fewshot_draw: str = "images"  # how the few-shot curve samples its fitting pairs
     fewshot_methods: list[str] = field(default_factory=list)  # ablation methods on the curve too
+    pairing_study: bool = False  # TAR against pairs, image vs identity pairs
     ablation: list[str] | None = None  # methods of the ablation study ([] = all)
     security: bool = True
     joining: str | None = None  # a model (or "last") that joins a hub of the others
@@ -125,6 +144,8 @@ class Split:
     ids: np.ndarray  # (n,) identity per image
     fit: np.ndarray  # (n,) bool
     embeddings: dict[str, np.ndarray]  # {model: (n, d)}
+    pairing: str = "image"
+    seed: int = 0
     #: {model: the fitting images' mirrored faces' embeddings}, row for row (--mirror)
     mirrored: dict[str, np.ndarray] | None = None
 
@@ -134,10 +155,20 @@ class Split:
         return {m: e[self.fit] for m, e in self.embeddings.items()}
 
     @cached_property
-    def fitting_pairs(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """({model: fitting embeddings}, identities): the fitting images, then their
-        mirrored faces when there are any (same people, so CV folds keep them together)."""
-        return with_mirrored(self.fitting, self.ids[self.fit], self.mirrored)
+    def pairs(self) -> Pairs:
+        """The fitting images' pairs, made as ``pairing`` says."""
+        return make_pairs(self.pairing, self.fitting, self.ids[self.fit], seed=self.seed)
+
+    @cached_property
+    def mirrored_pairs(self) -> Pairs | None:
+        """The mirrored faces' image pairs, row for row with :attr:`pairs` (--mirror)."""
+        return None if self.mirrored is None else image_pairs(self.mirrored, self.ids[self.fit])
+
+    @cached_property
+    def fitting_pairs(self) -> Pairs:
+        """What the maps fit on: :attr:`pairs`, then the mirrored faces' pairs when there
+        are any (same people, so CV folds keep them together)."""
+        return self.pairs if self.mirrored_pairs is None else self.pairs.concat(self.mirrored_pairs)
 
 
 @dataclass
@@ -227,6 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-fewshot", dest="fewshot", action="store_false", default=None, help="skip the few-shot curve"
     )
     ap.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        help="how fitting pairs are made: 'image', both models' templates of one photo (the papers'); "
+        "'identity', A's template of one photo and B's of another photo of the same person, as after a "
+        "vendor switch when the old model cannot run again: each fitting person's photos are split into "
+        "an old (A) and a new (B) half, no photo on both sides. The hub and --joining need image pairs "
+        f"(default {_default('pairing')})",
+    )
+    gal = ap.add_argument_group(
+        "fitting from galleries",
+        "When the old model can no longer run: its gallery (with a person per template) and new "
+        "enrolments by the new model, of other photos. --models names the two: OLD NEW. The people in "
+        "both are split by --fit-fraction; the maps fit on identity pairs of the fitting people and "
+        "are evaluated across the galleries on the others. Parquet as mapper-migrate reads it.",
+    )
+    gal.add_argument("--old-gallery", metavar="PARQUET", help="the old model's templates (file or folder)")
+    gal.add_argument("--new-gallery", metavar="PARQUET", help="the new model's templates of the same people")
+    gal.add_argument("--person-column", help=f"who each template is (default {_default('person_column')})")
+    gal.add_argument("--id-column", help=f"template id (default {_default('id_column')})")
+    gal.add_argument("--embedding-column", help=f"the template (default {_default('embedding_column')})")
+    ap.add_argument(
         "--mirror",
         action="store_true",
         default=None,
@@ -251,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also fit and evaluate each method alone, or only those named: "
         + " ".join(ABLATION)
         + " (+rescale: residual rescaling; /centred, /snorm: Compare's scoring)",
+    )
+    ap.add_argument(
+        "--pairing-study",
+        action="store_true",
+        default=None,
+        help="also draw mean TAR at FAR 1e-2/1e-3/1e-4 against the number of fitting pairs, for image "
+        "and for identity pairs: how many re-enrolled people a migration needs",
     )
     ap.add_argument(
         "--no-security", dest="security", action="store_false", default=None, help="skip leak test"
@@ -285,11 +344,50 @@ def load_config(argv: list[str] | None) -> TrainConfig:
         unknown = set(settings.get(key) or ()) - set(ABLATION)
         if unknown:  # before hours of work, not after
             raise SystemExit(f"{key}: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
+    if settings.get("old_gallery") or settings.get("new_gallery"):
+        _check_galleries(settings)
+    if settings.get("pairing", "image") != "image":
+        if settings.get("mirror"):
+            raise SystemExit("--mirror adds image pairs of each photo: drop it with --pairing identity")
+        if settings.get("joining"):
+            raise SystemExit("--joining studies the hub, which needs --pairing image")
+        if "kinds" not in settings:  # the default kinds, less the hub
+            settings["kinds"] = [k for k in TrainConfig().kinds if k != "hub"]
+        elif "hub" in settings["kinds"]:
+            raise SystemExit(
+                "the hub fits every model on the same photos: drop hub from --kinds with --pairing identity"
+            )
     if settings.get("mirror") and settings.get("embeddings"):
         raise SystemExit("--mirror embeds mirrored faces, so it needs the images: drop --embeddings")
     if settings.get("fewshot_draw", "images") not in FEWSHOT_DRAWS:
         raise SystemExit(f"fewshot_draw must be one of {FEWSHOT_DRAWS}, got {settings['fewshot_draw']!r}")
     return TrainConfig(**settings)
+
+
+def _check_galleries(settings: dict[str, Any]) -> None:
+    """Settings of a run from galleries: both galleries, two models, identity pairs, and
+    none of the steps that need photos embedded by both models."""
+    if not (settings.get("old_gallery") and settings.get("new_gallery")):
+        raise SystemExit("fitting from galleries needs both --old-gallery and --new-gallery")
+    if len(settings.get("models", ())) != 2:
+        raise SystemExit("name the galleries' two models: --models OLD NEW")
+    if settings.get("pairing", "identity") != "identity":
+        raise SystemExit("galleries hold different photos of each person: their pairs are identity pairs")
+    photos = (
+        "embeddings",
+        "ijbc",
+        "mirror",
+        "ablation",
+        "joining",
+        "fewshot_methods",
+        "full",
+        "images",
+        "pairing_study",
+    )
+    given = [f"--{k.replace('_', '-')}" for k in photos if settings.get(k) not in (None, False)]
+    if given:
+        raise SystemExit(f"{' '.join(given)}: these need LFW photos embedded by both models, not galleries")
+    settings |= {"pairing": "identity", "fewshot": False, "security": False}
 
 
 # -- the pipeline: each step returns what the next needs -------------------------------------
@@ -354,15 +452,14 @@ def split(
     names = [names[i] for i in keep]
     ids = np.array([identity_of(n) for n in names])
     fit = np.ones(len(ids), bool) if cfg.ijbc else identity_split(np.array(names), cfg.fit_fraction, cfg.seed)
-    return Split(names, ids, fit, {m: e[keep] for m, e in emb.items()})
+    return Split(names, ids, fit, {m: e[keep] for m, e in emb.items()}, cfg.pairing, cfg.seed)
 
 
 def fit(
     cfg: TrainConfig, data: Split
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
     """({(A, B, kind): map}, the hub space if fitted), fitted on the fitting people only."""
-    emb, groups = data.fitting_pairs
-    return fit_maps(emb, tuple(cfg.kinds), groups=groups, progress=cfg.progress)
+    return fit_maps(data.fitting_pairs, tuple(cfg.kinds), progress=cfg.progress)
 
 
 def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> Evaluation:
@@ -418,24 +515,36 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     if cfg.fewshot:
         kinds = tuple(k for k in eval_kinds(cfg.kinds) if k not in ("none", "hub"))
         curve = fewshot(
-            data.fitting,
-            data.ids[data.fit],
+            data.pairs,
             ev.embeddings,
             ev.protocol,
             cfg.seed,
             cfg.progress,
             kinds=kinds,
             draw=cfg.fewshot_draw,
-            mirrored=data.mirrored,
+            mirrored=data.mirrored_pairs,
             full_maps=maps,
             methods=tuple(cfg.fewshot_methods),
         )
         fewshot_plot(curve, out / "fewshot.png")
         sections.append(("How little data is enough", fewshot_table(curve, "fewshot.png")))
         extra["fewshot"] = curve
+    if cfg.pairing_study:
+        study = pairing_study(
+            data.fitting,
+            data.ids[data.fit],
+            ev.embeddings,
+            ev.protocol,
+            seed=cfg.seed,
+            convention=cfg.convention,
+            progress=cfg.progress,
+        )
+        pairing_plot(study, out / "pairing.png")
+        sections.append(("Image pairs or identity pairs", pairing_table(study, "pairing.png")))
+        extra["pairing_study"] = study
     if cfg.ablation is not None:
         study = ablation(
-            *data.fitting_pairs,
+            data.fitting_pairs,
             ev.embeddings,
             ev.protocol,
             maps if "tuned" in cfg.kinds else None,
@@ -474,12 +583,11 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     return sections, extra
 
 
-def calibrate_maps(data: Split, maps: dict) -> dict[tuple[str, str, str], Calibration]:
-    """{(A, B, kind): Compare's thresholds} from out-of-fold scores of the fitting people
+def calibrate_maps(pairs: Pairs, maps: dict) -> dict[tuple[str, str, str], Calibration]:
+    """{(A, B, kind): Compare's thresholds} from out-of-fold scores of the fitting pairs
     (hub legs are served through the hub space, which makes no decisions)."""
-    ids = data.ids[data.fit]
     return {
-        (a, b, kind): calibrate(m, data.fitting[a], data.fitting[b], ids)
+        (a, b, kind): calibrate(m, *pairs.xy(a, b), pairs.groups)
         for (a, b, kind), m in maps.items()
         if kind != "hub"
     }
@@ -574,15 +682,25 @@ def redacted(argv: list[str]) -> str:
     return " ".join(shown)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(argv)
-    t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Run:
+    """What the steps of each input (LFW photos, or two galleries) hand to the common end
+    of a run: calibration, the FAR check, map files, publishing and the report."""
 
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+    pairs: Pairs  # the fitting pairs, which thresholds are calibrated on
+    maps: dict[tuple[str, str, str], EmbeddingMap]
+    hub: CanonicalSpace | None
+    results: CrossModelResults
+    provenance: dict[str, Any]  # what the maps were fitted on, for their files
+    description: str  # the report's first sentence
+    sections: list[tuple[str, str]]
+    extra: dict[str, Any]
+    #: calibrations -> promised against measured FAR on the evaluation people (None: no check)
+    far_check: Callable[[dict], dict] | None
 
+
+def from_lfw(cfg: TrainConfig, out: Path, log: Log) -> Run:
+    """Embed LFW photos (or read their embeddings), split people, fit, evaluate, study."""
     names = select(cfg)
     log(f"{len(names)} LFW images of {len({identity_of(n) for n in names})} people; models: {cfg.models}")
     data = split(cfg, names, *embed(cfg, names, log), log)
@@ -594,24 +712,124 @@ def main(argv: list[str] | None = None) -> int:
     maps, hub = fit(cfg, data)
     ev = evaluate(cfg, data, maps, out, log)
     sections, extra = studies(cfg, data, ev, maps, out)
+    check = None
+    if not cfg.ijbc:  # the FARs the thresholds promise, measured on the evaluation people
+        fit_ids = data.ids[data.fit]
+        native = {b: native_thresholds(data.fitting[b], fit_ids) for b in cfg.models}
 
+        def check(calibrations: dict) -> dict:
+            return far_check(maps, calibrations, native, ev.embeddings, data.ids[~data.fit])
+
+    n_people = int(np.unique(data.ids[data.fit]).size)
+    description = (
+        f"Maps fitted on {data.fit.sum()} LFW images of {n_people} people"
+        + (" and their mirrored faces" if cfg.mirror else "")
+        + f", as {data.pairs.describe()}, and evaluated on {ev.what} (seed {cfg.seed})."
+    )
     provenance = {
         "dataset": f"LFW ({len(data.names)} images)",
         "fit_images": int(data.fit.sum()),
-        "fit_identities": int(np.unique(data.ids[data.fit]).size),
+        "fit_identities": n_people,
         "mirrored_views": cfg.mirror,
+    }
+    return Run(data.pairs, maps, hub, ev.results, provenance, description, sections, extra, check)
+
+
+def from_galleries(cfg: TrainConfig, log: Log) -> Run:
+    """Fit from two galleries of different photos: --old-gallery (models[0]'s templates)
+    and --new-gallery (models[1]'s re-enrolments). The people in both are split; the
+    fitting people's templates make identity pairs, and every template of the others
+    (people in one gallery only are impostors) is evaluated across the galleries."""
+    read = {
+        "person_column": cfg.person_column,
+        "id_column": cfg.id_column,
+        "embedding_column": cfg.embedding_column,
+    }
+    galleries = {}
+    for model, path in zip(cfg.models, (cfg.old_gallery, cfg.new_gallery), strict=True):
+        try:
+            g = read_gallery(path, **read)
+        except InvalidInput as e:
+            raise SystemExit(f"{e}; see --person-column, --id-column, --embedding-column") from e
+        known = registry.load().get(model)
+        if known is not None and known.dim != g.dim:
+            raise SystemExit(f"{path}: {g.dim}-d templates, but {model} makes {known.dim}-d ones")
+        if g.rejected:
+            log(f"{path}: rows left out: {g.rejected}")
+        log(f"{path}: {len(g.persons):,} {g.dim}-d templates, {np.unique(g.persons).size:,} people ({model})")
+        galleries[model] = g
+    old, new = (galleries[m] for m in cfg.models)
+    common = np.intersect1d(old.persons, new.persons)
+    n_fit = round(cfg.fit_fraction * common.size)
+    if min(n_fit, common.size - n_fit) < CALIBRATION_FOLDS:
+        raise SystemExit(
+            f"{common.size} people are in both galleries: too few to fit on some and evaluate on others"
+        )
+    fit_people = np.random.default_rng(cfg.seed).choice(common, n_fit, replace=False)
+    pairs = gallery_pairs(*((m, g.embeddings, g.persons) for m, g in galleries.items()), fit_people)
+    maps, hub = fit_maps(pairs, tuple(cfg.kinds), progress=cfg.progress)
+    fitting = {m: np.isin(g.persons, fit_people) for m, g in galleries.items()}
+    evaluation = {m: (g.embeddings[~fitting[m]], g.persons[~fitting[m]]) for m, g in galleries.items()}
+    results = gallery_eval(
+        evaluation,
+        maps,
+        eval_kinds(cfg.kinds),
+        convention=cfg.convention,
+        max_impostors=cfg.max_impostors,
+        seed=cfg.seed,
+    )
+    native = {
+        m: native_thresholds(g.embeddings[fitting[m]], g.persons[fitting[m]]) for m, g in galleries.items()
+    }
+    n_eval = common.size - n_fit
+    description = (
+        f"Maps fitted on {pairs.describe()}, between the galleries {old.path} ({cfg.models[0]}) and "
+        f"{new.path} ({cfg.models[1]}), and evaluated on every cross-gallery pair of the other people "
+        f"({n_eval} people in both galleries, and those in one only as impostors): "
+        f"{results.n_genuine:,} genuine, {results.n_impostor:,} impostor pairs (seed {cfg.seed})."
+    )
+    provenance = {
+        "dataset": f"galleries ({len(old.persons)} and {len(new.persons)} templates)",
+        "fit_identities": int(n_fit),
+    }
+    return Run(
+        pairs,
+        maps,
+        hub,
+        results,
+        provenance,
+        description,
+        [],
+        {},
+        lambda calibrations: gallery_far_check(maps, calibrations, native, evaluation),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load_config(argv)
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+
+    run = from_galleries(cfg, log) if cfg.old_gallery else from_lfw(cfg, out, log)
+    provenance = {
+        **run.provenance,
+        "pairing": cfg.pairing,
+        "fit_pairs": run.pairs.describe(),
         "seed": cfg.seed,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
     }
-    calibrations = calibrate_maps(data, maps)
-    if not cfg.ijbc:  # the FARs the thresholds promise, measured on the evaluation people
-        fit_ids = data.ids[data.fit]
-        native = {b: native_thresholds(data.fitting[b], fit_ids) for b in cfg.models}
-        check = far_check(maps, calibrations, native, ev.embeddings, data.ids[~data.fit])
+    calibrations = calibrate_maps(run.pairs, run.maps)
+    sections, extra = run.sections, run.extra
+    if run.far_check is not None:
+        check = run.far_check(calibrations)
         sections.append(("Decisions at the promised FAR, on people never seen", far_section(check)))
         extra["far_check"] = check
-    files = map_files(maps, hub, calibrations, provenance)
+    files = map_files(run.maps, run.hub, calibrations, provenance)
     write(out, files)
     published = publish(cfg, list(files.values()), log) if cfg.store or cfg.publish else []
 
@@ -621,25 +839,21 @@ def main(argv: list[str] | None = None) -> int:
         "published": published,
         "run_seconds": round(time.perf_counter() - t0, 1),
     }
+    command = redacted(sys.argv[1:] if argv is None else argv)
     description = (
-        f"Maps fitted on {data.fit.sum()} LFW images of {provenance['fit_identities']} people"
-        + (" and their mirrored faces" if cfg.mirror else "")
-        + " and evaluated "
-        f"on {ev.what} (seed {cfg.seed}). Row A's side is embedded by A and mapped into B's space; column "
-        "B's side is embedded by B. Run: `mapper-train "
-        + redacted(sys.argv[1:] if argv is None else argv)
-        + "`."
+        f"{run.description} Row A's side is embedded by A and mapped into B's space; column B's side is "
+        f"embedded by B. Run: `mapper-train {command}`."
     )
     report = write_report(
         out,
-        ev.results,
+        run.results,
         title="Cross-model face verification",
         description=description,
         extra_sections=sections,
         extra_json=extra,
     )
     (out / "config.json").write_text(json.dumps(extra["config"], indent=1, default=str))
-    print_summary(ev.results)
+    print_summary(run.results)
     log(f"report: {report}")
     return 0
 

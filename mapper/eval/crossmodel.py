@@ -23,8 +23,9 @@ from tqdm import tqdm
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import DIRECT
 from mapper.core.maps import EmbeddingMap
-from mapper.core.validation import FitError
+from mapper.core.validation import FitError, l2_normalize
 from mapper.eval.metrics import evaluate
+from mapper.eval.pairing import Pairs
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.selection import select_map
 from mapper.eval.templates import pair_scores, pool_templates
@@ -56,46 +57,37 @@ class Scored(str):
 CURVE_FARS = np.logspace(-6, 0, 61)
 
 
-def with_mirrored(
-    emb: dict[str, np.ndarray], groups: np.ndarray, mirrored: dict[str, np.ndarray] | None
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Fitting pairs with the mirrored faces' rows (row for row with ``emb``) appended under
-    the same identities, so CV folds keep an image and its mirror together; as given when
-    ``mirrored`` is None."""
-    if mirrored is None:
-        return emb, groups
-    return {m: np.vstack([e, mirrored[m]]) for m, e in emb.items()}, np.concatenate([groups, groups])
-
-
 def fit_maps(
-    embeddings: Mapping[str, np.ndarray],
+    pairs: Pairs,
     kinds: tuple[str, ...] = ("linear", "rotation", "hub"),
     *,
-    groups: np.ndarray | None = None,
     progress: bool = True,
     mlp_params: dict[str, Any] | None = None,
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
-    """({(A, B, kind): map A -> B} for every ordered pair, the hub space or None). ``hub``
-    maps are compositions through one :class:`CanonicalSpace` fitted on all models;
-    ``tuned`` maps are chosen by :func:`select_map` (needs ``groups``)."""
-    models = list(embeddings)
+    """({(A, B, kind): map A -> B} for every ordered pair, the hub space or None), each map
+    fitted on ``pairs.xy(A, B)`` with CV folds by person. ``hub`` maps are compositions
+    through one :class:`CanonicalSpace` fitted on all models (needs rows shared by all
+    models); ``tuned`` maps are chosen by :func:`select_map`."""
+    models = pairs.models
+    if "hub" in kinds and not pairs.shared_rows:
+        raise FitError(
+            f"the hub fits every model on the same rows, which {pairs.pairing} pairs do not have: "
+            "fit direct kinds (linear, rotation, tuned) instead"
+        )
     maps: dict[tuple[str, str, str], EmbeddingMap] = {}
     hub = None
     jobs = [(a, b, k) for k in kinds if k in (*DIRECT, "tuned") for a in models for b in models if a != b]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for a, b, kind in tqdm(jobs, desc="fitting maps", unit="map", disable=not progress):
+            X, Y = pairs.xy(a, b)
             if kind == "tuned":
-                if groups is None:
-                    raise FitError("tuned maps are chosen by identity-disjoint CV: pass groups")
-                maps[a, b, kind] = select_map(embeddings[a], embeddings[b], groups, source_id=a, target_id=b)
+                maps[a, b, kind] = select_map(X, Y, pairs.groups, source_id=a, target_id=b)
                 continue
             params = (mlp_params or {}) if kind == "mlp" else {}
-            maps[a, b, kind] = DIRECT[kind](source_id=a, target_id=b, **params).fit(
-                embeddings[a], embeddings[b], groups=groups
-            )
+            maps[a, b, kind] = DIRECT[kind](source_id=a, target_id=b, **params).fit(X, Y, groups=pairs.groups)
         if "hub" in kinds:
-            hub = CanonicalSpace(name="hub").fit(embeddings, groups=groups)
+            hub = CanonicalSpace(name="hub").fit(pairs.source, groups=pairs.groups)
             for a in models:
                 for b in models:
                     if a != b:
@@ -203,4 +195,78 @@ def cross_model_eval(
             res.tar[kind][f][a, b] = tar[f]
         res.auc[kind][a, b] = auc
         res.curves[A, B, kind] = curve
+    return res
+
+
+def _all_pairs(
+    ids_a: np.ndarray, ids_b: np.ndarray | None, max_impostors: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, same): every genuine pair and at most ``max_impostors`` impostor pairs, seeded;
+    rows i of ``ids_a`` against rows j of ``ids_b``, or pairs i < j within ``ids_a`` when
+    ``ids_b`` is None (one gallery against itself)."""
+    if ids_b is None:
+        i, j = np.triu_indices(len(ids_a), 1)
+        ids_b = ids_a
+    else:
+        i, j = (g.ravel() for g in np.meshgrid(np.arange(len(ids_a)), np.arange(len(ids_b)), indexing="ij"))
+    same = ids_a[i] == ids_b[j]
+    impostor = np.flatnonzero(~same)
+    if impostor.size > max_impostors:
+        keep = np.sort(np.r_[np.flatnonzero(same), rng.choice(impostor, max_impostors, replace=False)])
+        i, j, same = i[keep], j[keep], same[keep]
+    return i, j, same
+
+
+def gallery_eval(
+    galleries: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    maps: Mapping[tuple[str, str, str], Any],
+    kinds: tuple[str, ...] = ("none", "linear"),
+    *,
+    fars: tuple[float, ...] = SUMMARY_FARS,
+    convention: str = "strict",
+    max_impostors: int = 10_000_000,
+    seed: int = 0,
+) -> CrossModelResults:
+    """The papers' experiment on galleries of different photos: ``galleries`` is {model:
+    (templates (n_m, d_m), persons (n_m,))}, each model's own gallery of the evaluation
+    people. A -> B scores every A template, mapped, against every B template (genuine when
+    the person is the same: always two different photos); the diagonal is each gallery's
+    own all-pairs verification. Impostor pairs beyond ``max_impostors`` are sampled."""
+    models = list(galleries)
+    kinds = tuple(k for k in kinds if k == "none" or any(key[2] == Scored(k).map_kind for key in maps))
+    res = CrossModelResults(models, list(kinds), tuple(fars), convention)
+    rng = np.random.default_rng(seed)
+    k = len(models)
+    for kind in kinds:
+        res.tar[kind] = {f: np.full((k, k), np.nan) for f in fars}
+        res.auc[kind] = np.full((k, k), np.nan)
+
+    def record(a: int, b: int, kind: str, scores: np.ndarray, same: np.ndarray) -> None:
+        v = evaluate(scores, same, fars, convention=convention, curve_fars=CURVE_FARS)
+        for kd in kinds if a == b else (kind,):
+            for f in fars:
+                res.tar[kd][f][a, b] = v.tar[f]
+            res.auc[kd][a, b] = v.auc
+        res.curves[models[a], models[b], "native" if a == b else kind] = v.curve
+
+    for a, A in enumerate(models):
+        x, ids = galleries[A]
+        i, j, same = _all_pairs(ids, None, max_impostors, rng)
+        t = l2_normalize(x)
+        record(a, a, kinds[0], pair_scores(t, t, i, j), same)
+        for b, B in enumerate(models):
+            if a == b:
+                continue
+            y, ids_b = galleries[B]
+            i, j, same = _all_pairs(ids, ids_b, max_impostors, rng)
+            res.n_genuine, res.n_impostor = int(same.sum()), int((~same).sum())  # cross-gallery pairs
+            for kind in kinds:
+                if kind == "none":
+                    d = min(x.shape[1], y.shape[1])
+                    s = pair_scores(l2_normalize(x[:, :d]), l2_normalize(y[:, :d]), i, j)
+                else:
+                    m = maps[A, B, Scored(kind).map_kind]
+                    matrix = m.score_matrix if Scored(kind).compares else None
+                    s = pair_scores(l2_normalize(m.transform(x)), l2_normalize(y), i, j, matrix=matrix)
+                record(a, b, kind, s, same)
     return res

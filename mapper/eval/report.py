@@ -147,6 +147,25 @@ def fewshot_plot(curve: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def pairing_plot(study: dict[str, Any], path: Path) -> None:
+    """One panel per FAR: mean TAR against fitting pairs, image and identity pairs, native."""
+    fars = study["fars"]
+    fig, axes = plt.subplots(1, len(fars), figsize=(4.2 * len(fars), 3.6), squeeze=False)
+    for ax, far in zip(axes[0], fars, strict=True):
+        for pairing, style in (("image", "o-"), ("identity", "s--")):
+            ax.plot(study["pairs"], study["tar"][pairing][far], style, label=f"{pairing} pairs")
+        ax.axhline(study["native"][far], color="k", ls=":", lw=1, label="native (B vs B)")
+        ax.set_xscale("log")
+        ax.set_title(f"FAR {far}")
+        ax.set_xlabel("fitting pairs")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"mean TAR, {study['kind']} maps")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Image pairs against identity pairs (two photos of a person)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def summary_table(res: CrossModelResults) -> str:
     summary = res.summary()
     fars = res.fars

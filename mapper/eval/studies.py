@@ -17,8 +17,9 @@ from mapper.core.hub import CanonicalSpace
 from mapper.core.maps import EmbeddingMap
 from mapper.core.validation import l2_normalize
 from mapper.errors import InvalidInput
-from mapper.eval.crossmodel import Scored, cross_model_eval, fit_maps, with_mirrored
+from mapper.eval.crossmodel import Scored, cross_model_eval, fit_maps
 from mapper.eval.metrics import evaluate
+from mapper.eval.pairing import PAIRINGS, Pairs, make_pairs
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.report import short
 from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring, direct
@@ -28,8 +29,7 @@ FEWSHOT_DRAWS = ("images", "people")
 
 
 def fewshot(
-    emb_fit: dict,
-    ids_fit: np.ndarray,
+    pairs: Pairs,
     emb_eval: dict,
     protocol: VerificationProtocol,
     seed: int,
@@ -37,7 +37,7 @@ def fewshot(
     *,
     kinds: tuple[str, ...] = ("linear", "rotation"),
     draw: str = "images",
-    mirrored: dict[str, np.ndarray] | None = None,
+    mirrored: Pairs | None = None,
     full_maps: dict[tuple[str, str, str], Any] | None = None,
     methods: tuple[str, ...] = (),
 ) -> dict[str, Any]:
@@ -45,12 +45,12 @@ def fewshot(
     ``kinds`` (``K:compare``: kind K scored as its map records) and per ablation method in
     ``methods`` (keys of :data:`ABLATION`).
 
-    ``draw="images"``: each point fits on that many fitting images drawn at random (as a
-    user would take a sample of their photos); ``"people"``: on every image of that many
-    people with 2+ images each (fewer people, more images each: the curve is lower, since
-    what a map needs most is many faces). The last point uses every fitting image.
-    ``mirrored``: the fitting images' mirrored faces, row for row: each drawn image then
-    brings its mirrored pair too (the counts stay images). ``full_maps``: maps already
+    ``draw="images"``: each point fits on that many of the fitting ``pairs`` drawn at random
+    (as a user would take a sample of their photos); ``"people"``: on every pair of that
+    many people with 2+ pairs each (fewer people, more pairs each: the curve is lower, since
+    what a map needs most is many faces). The last point uses every pair. ``mirrored``: the
+    mirrored faces' pairs, row for row with ``pairs``: each drawn pair then brings its
+    mirrored pair too (the counts stay pairs). ``full_maps``: maps already
     fitted on every fitting pair (fitting is deterministic), used for the last point.
     Evaluated on every genuine pair and at most 1,000,000 impostor pairs of the protocol
     (plenty for FAR 1e-2), so the curve costs a few seconds per point at any scale.
@@ -61,6 +61,7 @@ def fewshot(
     methods = tuple(m for m in methods if m not in kinds)  # "linear" is both
     rng = np.random.default_rng(seed)
     protocol = _at_most_impostors(protocol, 1_000_000, rng)  # first: the seeded draws of earlier runs
+    ids_fit = pairs.groups
     draws = _fewshot_draws(ids_fit, draw, rng)
     curve: dict[str, Any] = {
         "far": 1e-2,
@@ -73,16 +74,14 @@ def fewshot(
     native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
     curve["native"] = float(np.nanmean(np.diag(native.tar["none"][1e-2])))
     for chosen in tqdm(draws, desc="few-shot", disable=not progress):
-        emb, groups = with_mirrored(
-            {m: e[chosen] for m, e in emb_fit.items()},
-            ids_fit[chosen],
-            None if mirrored is None else {m: e[chosen] for m, e in mirrored.items()},
-        )
+        drawn = pairs.take(chosen)
+        if mirrored is not None:
+            drawn = drawn.concat(mirrored.take(chosen))
         if chosen.all() and full_maps is not None:
             maps = dict(full_maps)
         else:
-            maps, _ = fit_maps(emb, fit_kinds, groups=groups, progress=False)
-        fitted, scored = _fit_methods(methods, emb, groups)
+            maps, _ = fit_maps(drawn, fit_kinds, progress=False)
+        fitted, scored = _fit_methods(methods, drawn)
         res = cross_model_eval(
             emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
         )
@@ -91,6 +90,71 @@ def fewshot(
         for key, kind in (*zip(kinds, kinds, strict=True), *zip(methods, scored, strict=True)):
             curve["tar"][key].append(res.summary()[kind][1e-2])
     return curve
+
+
+#: FARs of the pairing study's curve.
+PAIRING_FARS = (1e-2, 1e-3, 1e-4)
+
+
+def pairing_study(
+    emb_fit: dict[str, np.ndarray],
+    ids_fit: np.ndarray,
+    emb_eval: dict[str, np.ndarray],
+    protocol: VerificationProtocol,
+    *,
+    kind: str = "linear",
+    seed: int = 0,
+    convention: str = "strict",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mean cross-model TAR at :data:`PAIRING_FARS` against the number of fitting pairs, for
+    image pairs (one photo by both models) and identity pairs (two photos of a person),
+    ``kind`` maps fitted on the same number of each, drawn at random from the fitting
+    photos ({model: (n, d)}, ids (n,)); evaluated on the protocol's pairs (impostors capped
+    at 1,000,000: at least 100 per threshold at 1e-4). How many re-enrolled people a
+    migration needs before a refit pays is read off the identity curve."""
+    rng = np.random.default_rng(seed)
+    protocol = _at_most_impostors(protocol, 1_000_000, rng)
+    full = {p: make_pairs(p, emb_fit, ids_fit, seed=seed) for p in PAIRINGS}
+    most = min(len(pairs) for pairs in full.values())
+    counts = [n for n in (100, 250, 500, 1000, 2000, 4000) if n < most] + [most]
+    out: dict[str, Any] = {"kind": kind, "fars": [f"{f:g}" for f in PAIRING_FARS], "pairs": counts}
+    native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=PAIRING_FARS, progress=False)
+    out["native"] = {f"{f:g}": float(np.nanmean(np.diag(native.tar["none"][f]))) for f in PAIRING_FARS}
+    out["tar"] = {p: {f"{f:g}": [] for f in PAIRING_FARS} for p in PAIRINGS}
+    jobs = [(p, n) for p in PAIRINGS for n in counts]
+    for pairing, n in tqdm(jobs, desc="pairing study", disable=not progress):
+        drawn = full[pairing].take(np.sort(rng.choice(len(full[pairing]), n, replace=False)))
+        maps, _ = fit_maps(drawn, (kind,), progress=False)
+        res = cross_model_eval(
+            emb_eval, protocol, maps, kinds=(kind,), fars=PAIRING_FARS, convention=convention, progress=False
+        )
+        for f in PAIRING_FARS:
+            out["tar"][pairing][f"{f:g}"].append(res.summary()[kind][f])
+    return out
+
+
+def pairing_table(study: dict[str, Any], plot: str) -> str:
+    """The pairing study as a report section: what was drawn, the plot, a table."""
+    fars = study["fars"]
+    native = ", ".join(f"{study['native'][f]:.4f} at {f}" for f in fars)
+    lines = [
+        f"Mean cross-model TAR (one side mapped by a `{study['kind']}` map) against the number of fitting "
+        "pairs: image pairs join both models' templates of one photo; identity pairs join A's template of "
+        "one photo with B's of another photo of the same person, as after a vendor switch when the old "
+        f"model cannot run again. Native (B vs B): {native}.",
+        "",
+        f"![pairing study]({plot})",
+        "",
+        "| pairs | " + " | ".join(f"image @{f} | identity @{f}" for f in fars) + " |",
+        "|---|" + "---|" * (2 * len(fars)),
+    ]
+    for k, n in enumerate(study["pairs"]):
+        cells = " | ".join(
+            f"{study['tar']['image'][f][k]:.4f} | {study['tar']['identity'][f][k]:.4f}" for f in fars
+        )
+        lines.append(f"| {n} | {cells} |")
+    return "\n".join(lines)
 
 
 def _fewshot_draws(ids_fit: np.ndarray, draw: str, rng: np.random.Generator) -> list[np.ndarray]:
@@ -155,11 +219,11 @@ def _check_methods(methods: Sequence[str] | None) -> None:
 
 
 def _fit_methods(
-    methods: Sequence[str], emb: dict[str, np.ndarray], groups: np.ndarray
+    methods: Sequence[str], pairs: Pairs
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], list[str]]:
     """Every ablation method fitted for every ordered pair ({(a, b, method): map}), and the
     kind each is evaluated as (``name:compare`` when it records a scoring)."""
-    models = list(emb)
+    models = pairs.models
     maps, kinds = {}, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -167,15 +231,14 @@ def _fit_methods(
             for a in models:
                 for b in models:
                     if a != b:
-                        maps[a, b, name] = ABLATION[name](a, b, emb[a], emb[b], groups)
+                        maps[a, b, name] = ABLATION[name](a, b, *pairs.xy(a, b), pairs.groups)
             scored = maps[models[0], models[1], name].scoring_ is not None
             kinds.append(Scored.compare(name) if scored else name)
     return maps, kinds
 
 
 def ablation(
-    emb_fit: dict[str, np.ndarray],
-    ids_fit: np.ndarray,
+    pairs: Pairs,
     emb_eval: dict[str, np.ndarray],
     protocol: VerificationProtocol,
     tuned: dict[tuple[str, str, str], EmbeddingMap] | None = None,
@@ -185,7 +248,7 @@ def ablation(
     convention: str = "strict",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Every method of ``methods`` (keys of :data:`ABLATION`, default all) fitted on the fitting people for
+    """Every method of ``methods`` (keys of :data:`ABLATION`, default all) fitted on the fitting ``pairs`` for
     every ordered pair and evaluated on the protocol; ``tuned`` maps (mapper-train's, with
     their selection time) add two rows: their output under a plain cosine (Translate) and
     scored as they record (Compare). Per method: mean TAR at ``fars`` over ordered pairs, the
@@ -193,20 +256,20 @@ def ablation(
     """
     _check_methods(methods)
     chosen = list(methods or ABLATION)
-    models = list(emb_fit)
-    pairs = [(a, b) for a in models for b in models if a != b]
+    models = pairs.models
+    ordered = [(a, b) for a in models for b in models if a != b]
     maps: dict[tuple[str, str, str], EmbeddingMap] = {}
     seconds: dict[str, float] = {}
     kinds: list[str] = []
     for name in tqdm(chosen, desc="ablation: fitting", disable=not progress):
         t0 = time.perf_counter()
-        fitted, scored = _fit_methods([name], emb_fit, ids_fit)
+        fitted, scored = _fit_methods([name], pairs)
         maps |= fitted
         kinds += scored
-        seconds[name] = (time.perf_counter() - t0) / len(pairs)
+        seconds[name] = (time.perf_counter() - t0) / len(ordered)
     if tuned:
-        t = float(np.mean([tuned[a, b, "tuned"].fit_info_["selection"]["seconds"] for a, b in pairs]))
-        for a, b in pairs:
+        t = float(np.mean([tuned[a, b, "tuned"].fit_info_["selection"]["seconds"] for a, b in ordered]))
+        for a, b in ordered:
             maps[a, b, "tuned"] = tuned[a, b, "tuned"]
         kinds += ["tuned", Scored.compare("tuned")]
         seconds["tuned"] = t

@@ -46,7 +46,8 @@ def out_of_fold_scores(
     copy of ``m`` fitted on the other folds (row i's A side mapped against row j's B side,
     i < j, scored as ``m`` records).
 
-    x_src: (n, d_A), x_dst: (n, d_B) embeddings of the same n fitting images; ids: (n,).
+    x_src: (n, d_A), x_dst: (n, d_B): n fitting pairs, row i of both of person ids[i]
+    (one photo, or two photos of that person).
     """
     genuine, impostor = [], []
     for train, val in GroupKFold(n_splits=folds).split(x_src, groups=ids):
@@ -74,7 +75,7 @@ def thresholds(genuine: np.ndarray, impostor: np.ndarray) -> Calibration:
 def calibrate(
     m: EmbeddingMap, x_src: np.ndarray, x_dst: np.ndarray, ids: np.ndarray, folds: int = CALIBRATION_FOLDS
 ) -> Calibration:
-    """Thresholds for Compare from :func:`out_of_fold_scores` of the fitting images
+    """Thresholds for Compare from :func:`out_of_fold_scores` of the fitting pairs
     (x_src: (n, d_A), x_dst: (n, d_B), ids: (n,)); a file records how they were made."""
     if np.unique(ids).size < folds:
         return Calibration({})  # too few people to calibrate on anyone unseen: no decisions
@@ -127,6 +128,37 @@ def far_check(
         if b in native:
             plain = COSINE.matrix(mapped, emb[b])[iu]
             out.setdefault(f"{kind}:translate", {})[pair] = measured_far(plain, same, native[b])
+    return out
+
+
+def gallery_far_check(
+    maps: dict[tuple[str, str, str], EmbeddingMap],
+    calibrations: dict[tuple[str, str, str], Calibration],
+    native: dict[str, Calibration],
+    galleries: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`far_check` on galleries of different photos ({model: (templates (n_m, d_m),
+    persons (n_m,))} of the evaluation people): A -> B scores every A template, mapped,
+    against every B template; ``native`` scores all pairs within B's gallery."""
+    out: dict[str, dict[str, dict[str, float]]] = {"native": {}}
+    for b, cal in native.items():
+        x, ids = galleries[b]
+        iu = np.triu_indices(len(ids), 1)
+        out["native"][b] = measured_far(COSINE.matrix(x, x)[iu], (ids[:, None] == ids[None, :])[iu], cal)
+    for (a, b, kind), m in maps.items():
+        if (a, b, kind) not in calibrations:
+            continue
+        (x, ids_a), (y, ids_b) = galleries[a], galleries[b]
+        mapped = m.transform(x)
+        same = (ids_a[:, None] == ids_b[None, :]).ravel()
+        pair = f"{a}->{b}"
+        out.setdefault(kind, {})[pair] = measured_far(
+            m.score_matrix(mapped, y).ravel(), same, calibrations[a, b, kind]
+        )
+        if b in native:
+            out.setdefault(f"{kind}:translate", {})[pair] = measured_far(
+                COSINE.matrix(mapped, y).ravel(), same, native[b]
+            )
     return out
 
 

@@ -1,0 +1,204 @@
+"""Fitting without image pairs: identity pairs from one set of photos (--pairing identity)
+and from two Parquet galleries of different photos (--old-gallery / --new-gallery)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+
+from mapper.cli import train
+from mapper.core.validation import FitError
+from mapper.datasets.face_zoo import identity_of
+from mapper.datasets.gallery import read_gallery, write_gallery
+from mapper.errors import InvalidInput
+from mapper.eval.crossmodel import fit_maps
+from mapper.eval.pairing import gallery_pairs, identity_pairs, old_new_rows
+
+SFACE, REID = "sface-2021dec-int8bq", "face-reid-retail-0095"
+
+
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=60), st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_identity_pairs_never_share_a_photo(people, seed):
+    groups = np.array([f"p{p}" for p in people])
+    counts = {p: int((groups == p).sum()) for p in set(groups)}
+    if max(counts.values()) < 2:
+        with pytest.raises(InvalidInput):
+            old_new_rows(groups, seed)
+        return
+    old, new = old_new_rows(groups, seed)
+    assert old.size == new.size
+    assert (groups[old] == groups[new]).all()  # each pair is one person's
+    assert not set(old) & set(new)  # no photo is on both sides
+    for person, n in counts.items():
+        used = np.r_[old, new][np.r_[groups[old], groups[new]] == person]
+        if n < 2:
+            assert used.size == 0
+        else:  # ceil(n/2) pairs, every photo used
+            assert (groups[old] == person).sum() == -(-n // 2)
+            assert set(used) == set(np.flatnonzero(groups == person))
+
+
+def test_identity_pairs_link_different_photos_of_real_people(lfw_embeddings):
+    names = lfw_embeddings["names"][:600]
+    ids = np.array([identity_of(str(n)) for n in names])
+    emb = {SFACE: lfw_embeddings[SFACE][:600], REID: lfw_embeddings[REID][:600]}
+    pairs = identity_pairs(emb, ids)
+    assert pairs.pairing == "identity" and not pairs.shared_rows
+    x, y = pairs.xy(SFACE, REID)
+    old, new = old_new_rows(ids)
+    np.testing.assert_array_equal(x, emb[SFACE][old])
+    np.testing.assert_array_equal(y, emb[REID][new])
+    # the same model's two sides of a pair are two photos: never the same template
+    same_model = np.einsum(
+        "ij,ij->i", *(e / np.linalg.norm(e, axis=1, keepdims=True) for e in pairs.xy(SFACE, SFACE))
+    )
+    assert same_model.max() < 0.999
+    with pytest.raises(FitError, match="hub"):
+        fit_maps(pairs, ("hub",), progress=False)
+
+
+def test_gallery_pairs_join_people_in_both_galleries():
+    rng = np.random.default_rng(0)
+    xa, xb = rng.standard_normal((6, 4)), rng.standard_normal((5, 3))
+    pa_ = np.array(["ann", "ann", "ann", "bob", "cy", "dee"])
+    pb_ = np.array(["bob", "bob", "ann", "cy", "eve"])
+    pairs = gallery_pairs(("A", xa, pa_), ("B", xb, pb_), np.array(["ann", "bob", "eve"]))
+    assert pairs.shared_rows and list(pairs.groups) == ["ann"] * 3 + ["bob"] * 2  # eve: not in A
+    np.testing.assert_array_equal(pairs.source["A"], xa[[0, 1, 2, 3, 3]])
+    np.testing.assert_array_equal(pairs.source["B"], xb[[2, 2, 2, 0, 1]])
+    with pytest.raises(InvalidInput, match="both galleries"):
+        gallery_pairs(("A", xa, pa_), ("B", xb, pb_), np.array(["dee", "eve"]))
+
+
+def test_gallery_file_rows_that_cannot_be_used_are_counted(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    write_gallery(tmp_path / "g.parquet", ["a", "b", "c", "d"], ["p", "p", "q", "q"], x)
+    g = read_gallery(tmp_path / "g.parquet")
+    np.testing.assert_array_equal(g.embeddings, x)
+    assert list(g.persons) == ["p", "p", "q", "q"] and g.rejected == {}
+    table = pa.table(
+        {
+            "id": ["a", "b", "c", "d", None],
+            "who": ["p", None, "q", "q", "q"],
+            "vec": [
+                x[0].tobytes(),
+                x[1].tobytes(),
+                np.full(3, np.nan, np.float32).tobytes(),
+                b"\0" * 8,
+                x[3].tobytes(),
+            ],
+        }
+    )
+    pq.write_table(table, tmp_path / "bad.parquet")
+    g = read_gallery(tmp_path / "bad.parquet", person_column="who", embedding_column="vec")
+    assert list(g.ids) == ["a"]
+    assert g.rejected == {
+        "missing person": 1,
+        "NaN or Inf in embedding": 1,
+        "wrong dimension or unreadable embedding": 1,
+        "missing id": 1,
+    }
+    with pytest.raises(InvalidInput, match="columns"):
+        read_gallery(tmp_path / "bad.parquet")  # no "person" column
+
+
+@pytest.fixture(scope="module")
+def galleries(lfw_embeddings, tmp_path_factory):
+    """An old SFace gallery and new face-reid enrolments of other photos of the same LFW
+    people, and 40 people in the old gallery only."""
+    tmp = tmp_path_factory.mktemp("galleries")
+    names = lfw_embeddings["names"][:2500]
+    ids = np.array([identity_of(str(n)) for n in names])
+    old, new = (np.unique(r) for r in old_new_rows(ids))
+    singles = np.flatnonzero(~np.isin(ids, ids[old]))[:40]
+    old = np.r_[old, singles]
+    write_gallery(tmp / "old.parquet", names[old], ids[old], lfw_embeddings[SFACE][old])
+    write_gallery(tmp / "new.parquet", names[new], ids[new], lfw_embeddings[REID][new])
+    return tmp, names, old, new
+
+
+def test_train_from_galleries(galleries):
+    tmp, names, old, new = galleries
+    assert not set(names[old]) & set(names[new])  # no photo in both galleries
+    args = ["--old-gallery", str(tmp / "old.parquet"), "--new-gallery", str(tmp / "new.parquet")]
+    out = tmp / "run"
+    code = train.main(
+        [*args, "--models", SFACE, REID, "--kinds", "linear", "rotation", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    assert summary["linear"]["0.01"] > 0.8 > 0.05 > summary["none"]["0.01"]
+    assert set(results["far_check"]) >= {"native", "linear", "linear:translate"}
+    assert "identity pairs" in (out / "report.md").read_text()
+    with safe_open(out / "maps" / f"{SFACE}__{REID}.linear.safetensors", "np") as f:
+        provenance = json.loads(f.metadata()["mapper"])["provenance"]
+    assert provenance["pairing"] == "identity" and "identity pairs" in provenance["fit_pairs"]
+    assert (out / "maps" / f"{REID}__{SFACE}.linear.safetensors").exists()  # and back
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--models", SFACE], "two models"),
+        (["--models", SFACE, REID, "--pairing", "image"], "identity pairs"),
+        (["--models", SFACE, REID, "--full"], "--full"),
+        (["--models", SFACE, REID, "--kinds", "hub"], "hub"),
+    ],
+)
+def test_gallery_settings_that_cannot_work_are_refused(galleries, extra, message):
+    tmp = galleries[0]
+    with pytest.raises(SystemExit, match=message):
+        train.main(
+            ["--old-gallery", str(tmp / "old.parquet"), "--new-gallery", str(tmp / "new.parquet"), *extra]
+        )
+    with pytest.raises(SystemExit, match="both"):
+        train.main(["--old-gallery", str(tmp / "old.parquet"), "--models", SFACE, REID])
+
+
+def test_a_gallery_of_another_model_is_refused(galleries):
+    tmp = galleries[0]
+    args = ["--old-gallery", str(tmp / "new.parquet"), "--new-gallery", str(tmp / "old.parquet")]
+    with pytest.raises(SystemExit, match="256-d templates, but"):
+        train.main([*args, "--models", SFACE, REID, "--out", str(tmp / "x"), "--no-progress"])
+
+
+def test_identity_pairing_on_lfw(tmp_path, face_zoo):
+    out = tmp_path / "run"
+    code = train.main(
+        [
+            "--embeddings",
+            str(face_zoo / "embeddings" / "lfw-embeddings.npz"),
+            "--images",
+            "1200",
+            "--models",
+            SFACE,
+            REID,
+            "--pairing",
+            "identity",
+            "--kinds",
+            "linear",
+            "--no-security",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["provenance"]["pairing"] == "identity"
+    # the few-shot curve draws identity pairs too: its last point is every one of them
+    n_pairs = int(results["provenance"]["fit_pairs"].split("(")[1].split(" pairs")[0])
+    assert results["fewshot"]["pairs"][-1] == n_pairs < results["provenance"]["fit_images"]
+    assert results["summary"]["linear"]["0.01"] > 0.7
+    with pytest.raises(SystemExit, match="hub"):
+        train.load_config(["--pairing", "identity", "--kinds", "hub"])
+    assert "hub" not in train.load_config(["--pairing", "identity"]).kinds  # the default kinds, less the hub
