@@ -20,6 +20,7 @@ from mapper.datasets.gallery import read_gallery, write_gallery
 from mapper.errors import InvalidInput
 from mapper.eval.crossmodel import fit_maps
 from mapper.eval.pairing import gallery_pairs, identity_pairs, old_new_rows
+from tools.lfw_galleries import write_lfw_galleries
 
 SFACE, REID = "sface-2021dec-int8bq", "face-reid-retail-0095"
 
@@ -116,12 +117,7 @@ def galleries(lfw_embeddings, tmp_path_factory):
     people, and 40 people in the old gallery only."""
     tmp = tmp_path_factory.mktemp("galleries")
     names = lfw_embeddings["names"][:2500]
-    ids = np.array([identity_of(str(n)) for n in names])
-    old, new = (np.unique(r) for r in old_new_rows(ids))
-    singles = np.flatnonzero(~np.isin(ids, ids[old]))[:40]
-    old = np.r_[old, singles]
-    write_gallery(tmp / "old.parquet", names[old], ids[old], lfw_embeddings[SFACE][old])
-    write_gallery(tmp / "new.parquet", names[new], ids[new], lfw_embeddings[REID][new])
+    old, new = write_lfw_galleries(tmp, SFACE, REID, names=names, embeddings=lfw_embeddings, singles=40)
     return tmp, names, old, new
 
 
@@ -141,7 +137,9 @@ def test_train_from_galleries(galleries):
     assert "identity pairs" in (out / "report.md").read_text()
     with safe_open(out / "maps" / f"{SFACE}__{REID}.linear.safetensors", "np") as f:
         provenance = json.loads(f.metadata()["mapper"])["provenance"]
-    assert provenance["pairing"] == "identity" and "identity pairs" in provenance["fit_pairs"]
+    assert provenance["pairing"] == "identity"
+    # one pair or more per fitting person, never more than the old and new templates there are
+    assert provenance["fit_identities"] <= provenance["fit_pairs"] <= old.size + new.size
     assert (out / "maps" / f"{REID}__{SFACE}.linear.safetensors").exists()  # and back
 
 
@@ -187,6 +185,7 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
             "--kinds",
             "linear",
             "--no-security",
+            "--pairing-study",
             "--out",
             str(out),
             "--no-progress",
@@ -195,8 +194,15 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["provenance"]["pairing"] == "identity"
+    study = results["pairing_study"]
+    assert (out / "pairing.png").exists() and "Image pairs or identity pairs" in (
+        out / "report.md"
+    ).read_text()
+    assert study["pairs"] == sorted(study["pairs"]) and set(study["tar"]) == {"image", "identity"}
+    for curve in study["tar"].values():  # more pairs, better maps: the last point beats the first
+        assert curve["0.01"][-1] > curve["0.01"][0]
     # the few-shot curve draws identity pairs too: its last point is every one of them
-    n_pairs = int(results["provenance"]["fit_pairs"].split("(")[1].split(" pairs")[0])
+    n_pairs = results["provenance"]["fit_pairs"]
     assert results["fewshot"]["pairs"][-1] == n_pairs < results["provenance"]["fit_images"]
     assert results["summary"]["linear"]["0.01"] > 0.7
     with pytest.raises(SystemExit, match="hub"):

@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {
         **run.provenance,
         "pairing": cfg.pairing,
-        "fit_pairs": run.pairs.describe(),
+        "fit_pairs": len(run.pairs),
         "seed": cfg.seed,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
