@@ -250,6 +250,7 @@ def test_triton_embeds_as_in_process(zoo, local, sample):
             np.testing.assert_allclose(triton(model, x), local(model, x), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_a_served_map_gives_the_library_top1(zoo, local, sample, tmp_path):
     """A fitted map published to mapper-serve and applied by Translate classifies as the
     library's map does."""

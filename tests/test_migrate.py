@@ -67,6 +67,7 @@ def read_output(out):
     return ids, emb
 
 
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_migration_equals_in_process_translation(gallery):
     tmp, x, good, m = gallery
     out = tmp / "out"

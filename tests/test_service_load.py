@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from mapper import CanonicalSpace, LinearMap
 from mapper.core import mapfile
@@ -29,6 +30,7 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_load_mixed_rpcs(tmp_path):
     rng = np.random.default_rng(0)
     X, Y, Z = (rng.standard_normal((2000, 512)) for _ in range(3))

@@ -122,6 +122,7 @@ def cache_rows(path) -> int:
         return 0
 
 
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_interrupted_run_resumes_without_redoing_work(triton, tmp_path):
     cache = tmp_path / "cache.sqlite"
     cmd = [
@@ -256,6 +257,7 @@ def test_ijbc_layout_evaluation(tmp_path, face_zoo, lfw_embeddings):
     assert local["auc"]["linear"][0][1] > 0.9  # through the 5-point path, no detection
 
 
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_a_new_vendor_joins_the_hub(tmp_path, face_zoo):
     models = ["sface-2021dec-int8bq", "mobilefacenet-arcface", "face-reid-retail-0095"]
     results = run_train(
