@@ -20,6 +20,7 @@ from mapper.datasets.gallery import read_gallery, write_gallery
 from mapper.errors import InvalidInput
 from mapper.eval.crossmodel import fit_maps
 from mapper.eval.pairing import gallery_pairs, identity_pairs, old_new_rows
+from mapper.eval.protocols import cross_gallery_pairs
 from tools.lfw_galleries import write_lfw_galleries
 
 SFACE, REID = "sface-2021dec-int8bq", "face-reid-retail-0095"
@@ -208,3 +209,24 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
     with pytest.raises(SystemExit, match="hub"):
         train.load_config(["--pairing", "identity", "--kinds", "hub"])
     assert "hub" not in train.load_config(["--pairing", "identity"]).kinds  # the default kinds, less the hub
+
+
+@given(
+    st.lists(st.integers(0, 6), min_size=2, max_size=40),
+    st.lists(st.integers(0, 6), min_size=1, max_size=40),
+    st.booleans(),
+    st.integers(1, 300),
+)
+@settings(max_examples=80, deadline=None)
+def test_cross_gallery_pairs_keep_every_genuine_pair_and_sample_impostors(a, b, within, limit):
+    ids_a = np.array([f"p{p}" for p in a])
+    ids_b = None if within else np.array([f"p{p}" for p in b])
+    i, j, same = cross_gallery_pairs(ids_a, ids_b, max_impostors=limit, rng=np.random.default_rng(0))
+    other = ids_a if within else ids_b
+    every = {(x, y) for x in range(len(ids_a)) for y in range(len(other)) if not within or x < y}
+    genuine = {(x, y) for x, y in every if ids_a[x] == other[y]}
+    got = list(zip(i.tolist(), j.tolist(), strict=True))
+    assert len(set(got)) == len(got) and set(got) <= every  # distinct pairs, i < j within one gallery
+    np.testing.assert_array_equal(same, ids_a[i] == other[j])
+    assert {p for p, s in zip(got, same, strict=True) if s} == genuine
+    assert (~same).sum() == min(limit, len(every) - len(genuine))

@@ -23,7 +23,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -716,9 +716,7 @@ def from_lfw(cfg: TrainConfig, out: Path, log: Log) -> Run:
     if not cfg.ijbc:  # the FARs the thresholds promise, measured on the evaluation people
         fit_ids = data.ids[data.fit]
         native = {b: native_thresholds(data.fitting[b], fit_ids) for b in cfg.models}
-
-        def check(calibrations: dict) -> dict:
-            return far_check(maps, calibrations, native, ev.embeddings, data.ids[~data.fit])
+        check = partial(far_check, maps, native=native, emb=ev.embeddings, ids=data.ids[~data.fit])
 
     n_people = int(np.unique(data.ids[data.fit]).size)
     description = (
@@ -801,7 +799,14 @@ def from_galleries(cfg: TrainConfig, log: Log) -> Run:
         description,
         [],
         {},
-        lambda calibrations: gallery_far_check(maps, calibrations, native, evaluation),
+        partial(
+            gallery_far_check,
+            maps,
+            native=native,
+            galleries=evaluation,
+            max_impostors=cfg.max_impostors,
+            seed=cfg.seed,
+        ),
     )
 
 

@@ -26,7 +26,7 @@ from mapper.core.maps import EmbeddingMap
 from mapper.core.validation import FitError, l2_normalize
 from mapper.eval.metrics import evaluate
 from mapper.eval.pairing import Pairs
-from mapper.eval.protocols import VerificationProtocol
+from mapper.eval.protocols import VerificationProtocol, cross_gallery_pairs
 from mapper.eval.selection import select_map
 from mapper.eval.templates import pair_scores, pool_templates
 
@@ -198,25 +198,6 @@ def cross_model_eval(
     return res
 
 
-def _all_pairs(
-    ids_a: np.ndarray, ids_b: np.ndarray | None, max_impostors: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, same): every genuine pair and at most ``max_impostors`` impostor pairs, seeded;
-    rows i of ``ids_a`` against rows j of ``ids_b``, or pairs i < j within ``ids_a`` when
-    ``ids_b`` is None (one gallery against itself)."""
-    if ids_b is None:
-        i, j = np.triu_indices(len(ids_a), 1)
-        ids_b = ids_a
-    else:
-        i, j = (g.ravel() for g in np.meshgrid(np.arange(len(ids_a)), np.arange(len(ids_b)), indexing="ij"))
-    same = ids_a[i] == ids_b[j]
-    impostor = np.flatnonzero(~same)
-    if impostor.size > max_impostors:
-        keep = np.sort(np.r_[np.flatnonzero(same), rng.choice(impostor, max_impostors, replace=False)])
-        i, j, same = i[keep], j[keep], same[keep]
-    return i, j, same
-
-
 def gallery_eval(
     galleries: Mapping[str, tuple[np.ndarray, np.ndarray]],
     maps: Mapping[tuple[str, str, str], Any],
@@ -251,14 +232,14 @@ def gallery_eval(
 
     for a, A in enumerate(models):
         x, ids = galleries[A]
-        i, j, same = _all_pairs(ids, None, max_impostors, rng)
+        i, j, same = cross_gallery_pairs(ids, max_impostors=max_impostors, rng=rng)
         t = l2_normalize(x)
         record(a, a, kinds[0], pair_scores(t, t, i, j), same)
         for b, B in enumerate(models):
             if a == b:
                 continue
             y, ids_b = galleries[B]
-            i, j, same = _all_pairs(ids, ids_b, max_impostors, rng)
+            i, j, same = cross_gallery_pairs(ids, ids_b, max_impostors=max_impostors, rng=rng)
             res.n_genuine, res.n_impostor = int(same.sum()), int((~same).sum())  # cross-gallery pairs
             for kind in kinds:
                 if kind == "none":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mapper.errors import InvalidInput
+from mapper.eval.protocols import rows_by_person
 
 #: How fitting pairs are made (``mapper-train --pairing``).
 PAIRINGS = ("image", "identity")
@@ -129,13 +130,6 @@ def make_pairs(pairing: str, emb: Mapping[str, np.ndarray], groups: np.ndarray, 
     raise InvalidInput(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
-def _rows_by_person(persons: np.ndarray) -> dict[str, np.ndarray]:
-    """{person: their row indices}, in one sort rather than a scan per person."""
-    order = np.argsort(persons, kind="stable")
-    unique, starts = np.unique(persons[order], return_index=True)
-    return dict(zip(unique, np.split(order, starts[1:]), strict=True))
-
-
 def gallery_pairs(
     old: tuple[str, np.ndarray, np.ndarray],
     new: tuple[str, np.ndarray, np.ndarray],
@@ -146,7 +140,7 @@ def gallery_pairs(
     templates with one of their new ones (the fewer side's reused), max(n_old, n_new) pairs.
     Both models' rows are shared, so the pairs fit maps either way (old -> new and back)."""
     (model_a, xa, pa), (model_b, xb, pb) = old, new
-    rows_a, rows_b = _rows_by_person(np.asarray(pa)), _rows_by_person(np.asarray(pb))
+    rows_a, rows_b = rows_by_person(pa), rows_by_person(pb)
     take_a, take_b, groups = [], [], []
     for person in people:
         a, b = rows_a.get(person), rows_b.get(person)

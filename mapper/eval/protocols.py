@@ -192,6 +192,57 @@ def lfw_all_pairs(
     )
 
 
+def rows_by_person(persons: np.ndarray) -> dict[str, np.ndarray]:
+    """{person: their row indices}, in one sort rather than a scan per person."""
+    persons = np.asarray(persons)
+    order = np.argsort(persons, kind="stable")
+    unique, starts = np.unique(persons[order], return_index=True)
+    return dict(zip(unique, np.split(order, starts[1:]), strict=True))
+
+
+def cross_gallery_pairs(
+    ids_a: np.ndarray,
+    ids_b: np.ndarray | None = None,
+    *,
+    max_impostors: int = 10_000_000,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, same) of every genuine pair and at most ``max_impostors`` impostor pairs
+    (seeded sample) between rows i of persons ``ids_a`` and rows j of ``ids_b``, or pairs
+    i < j within ``ids_a`` when ``ids_b`` is None. Memory stays bounded by the pairs
+    returned: all pairs of two 100,000-template galleries are never built."""
+    rng = rng or np.random.default_rng(0)
+    within = ids_b is None
+    ids_a = np.asarray(ids_a)
+    ids_b = ids_a if within else np.asarray(ids_b)
+    n_a, n_b = len(ids_a), len(ids_b)
+    rows_b = rows_by_person(ids_b)
+    genuine = []
+    for person, ra in rows_by_person(ids_a).items():
+        rb = rows_b.get(person)
+        if rb is not None:
+            i, j = (g.ravel() for g in np.meshgrid(ra, rb, indexing="ij"))
+            genuine.append(np.stack([i, j])[:, i < j] if within else np.stack([i, j]))
+    gi, gj = np.concatenate(genuine, axis=1) if genuine else np.zeros((2, 0), np.int64)
+    total = n_a * (n_a - 1) // 2 if within else n_a * n_b
+    if total - gi.size <= max_impostors:  # small enough: every pair
+        i, j = (
+            np.triu_indices(n_a, 1)
+            if within
+            else (g.ravel() for g in np.meshgrid(np.arange(n_a), np.arange(n_b), indexing="ij"))
+        )
+        return i, j, ids_a[i] == ids_b[j]
+    # a sample of distinct ordered (i, j) cells, i < j within one gallery, minus genuine ones
+    flat = rng.choice(
+        n_a * n_b, min(n_a * n_b, int(max_impostors * (2.2 if within else 1.1)) + 1000), replace=False
+    )
+    i, j = np.divmod(flat, n_b)
+    keep = (ids_a[i] != ids_b[j]) & ((i < j) if within else True)
+    i, j = i[keep][:max_impostors], j[keep][:max_impostors]
+    i, j = np.r_[gi, i], np.r_[gj, j]
+    return i, j, ids_a[i] == ids_b[j]
+
+
 def detections_from_landmarks(landmarks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     """(n, 15) detections in YuNet's layout from (n, 5, 2) landmarks: a box around the points
     (widened as a face box is around its eyes and mouth), the points, the score (1 if none)."""

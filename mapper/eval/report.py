@@ -138,7 +138,7 @@ def fewshot_plot(curve: dict[str, Any], path: Path) -> None:
         [f"{p}\n({i} ppl)" for p, i in zip(curve["pairs"], curve["identities"], strict=True)],
         fontsize=7,
     )
-    ax.set_xlabel("fitting pairs (images embedded by both models), and the people they show")
+    ax.set_xlabel("fitting pairs, and the people they show")
     ax.set_ylabel(f"mean TAR @ FAR {curve['far']:g}")
     ax.set_title("How little data is enough")
     ax.grid(alpha=0.3)

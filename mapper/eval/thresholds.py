@@ -20,8 +20,11 @@ from sklearn.model_selection import GroupKFold
 from mapper.core.calibration import Calibration, far_key
 from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import COSINE
+from mapper.core.validation import l2_normalize
 from mapper.eval.metrics import STANDARD_FARS, tar_at_far_strict
+from mapper.eval.protocols import cross_gallery_pairs
 from mapper.eval.selection import attach_scoring
+from mapper.eval.templates import pair_scores
 
 #: Identity-disjoint folds of the out-of-fold calibration.
 CALIBRATION_FOLDS = 3
@@ -136,29 +139,33 @@ def gallery_far_check(
     calibrations: dict[tuple[str, str, str], Calibration],
     native: dict[str, Calibration],
     galleries: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    max_impostors: int = 10_000_000,
+    seed: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`far_check` on galleries of different photos ({model: (templates (n_m, d_m),
-    persons (n_m,))} of the evaluation people): A -> B scores every A template, mapped,
-    against every B template; ``native`` scores all pairs within B's gallery."""
+    persons (n_m,))} of the evaluation people): A -> B scores A templates, mapped, against
+    B templates; ``native`` scores pairs within B's gallery; impostor pairs beyond
+    ``max_impostors`` are a seeded sample."""
+    rng = np.random.default_rng(seed)
     out: dict[str, dict[str, dict[str, float]]] = {"native": {}}
     for b, cal in native.items():
         x, ids = galleries[b]
-        iu = np.triu_indices(len(ids), 1)
-        out["native"][b] = measured_far(COSINE.matrix(x, x)[iu], (ids[:, None] == ids[None, :])[iu], cal)
+        i, j, same = cross_gallery_pairs(ids, max_impostors=max_impostors, rng=rng)
+        t = l2_normalize(x)
+        out["native"][b] = measured_far(pair_scores(t, t, i, j), same, cal)
     for (a, b, kind), m in maps.items():
         if (a, b, kind) not in calibrations:
             continue
         (x, ids_a), (y, ids_b) = galleries[a], galleries[b]
+        i, j, same = cross_gallery_pairs(ids_a, ids_b, max_impostors=max_impostors, rng=rng)
         mapped = m.transform(x)
-        same = (ids_a[:, None] == ids_b[None, :]).ravel()
         pair = f"{a}->{b}"
-        out.setdefault(kind, {})[pair] = measured_far(
-            m.score_matrix(mapped, y).ravel(), same, calibrations[a, b, kind]
-        )
+        compare = pair_scores(mapped, y, i, j, matrix=m.score_matrix)
+        out.setdefault(kind, {})[pair] = measured_far(compare, same, calibrations[a, b, kind])
         if b in native:
-            out.setdefault(f"{kind}:translate", {})[pair] = measured_far(
-                COSINE.matrix(mapped, y).ravel(), same, native[b]
-            )
+            plain = pair_scores(l2_normalize(mapped), l2_normalize(y), i, j)
+            out.setdefault(f"{kind}:translate", {})[pair] = measured_far(plain, same, native[b])
     return out
 
 
