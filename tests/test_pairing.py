@@ -208,6 +208,8 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
     assert results["summary"]["linear"]["0.01"] > 0.7
     with pytest.raises(SystemExit, match="hub"):
         train.load_config(["--pairing", "identity", "--kinds", "hub"])
+    with pytest.raises(SystemExit, match="unlinked galleries"):
+        train.load_config(["--pairing", "none"])
     assert "hub" not in train.load_config(["--pairing", "identity"]).kinds  # the default kinds, less the hub
 
 

@@ -53,6 +53,7 @@ def triton_run(triton, tmp_path_factory):
     return tmp, results
 
 
+@pytest.mark.slow  # embeds through Triton (about 70 s); CI runs it with make test-slow
 def test_precomputed_embeddings_give_the_same_numbers(triton, triton_run, face_zoo):
     tmp, results = triton_run
     names = choose_images(sorted(p.name for p in (face_zoo / "lfw" / "images").glob("*.jpg")), 160, 0)
@@ -86,6 +87,7 @@ def test_precomputed_embeddings_give_the_same_numbers(triton, triton_run, face_z
         assert again["summary"][kind] == pytest.approx(by_far, abs=tol, nan_ok=True), kind
 
 
+@pytest.mark.slow  # embeds through Triton (about 70 s); CI runs it with make test-slow
 def test_report_and_published_maps(triton_run):
     tmp, results = triton_run
     out = tmp / "triton"

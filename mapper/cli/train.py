@@ -46,7 +46,7 @@ from mapper.eval.crossmodel import (
     fit_maps,
     gallery_eval,
 )
-from mapper.eval.pairing import PAIRINGS, Pairs, gallery_pairs, image_pairs, make_pairs
+from mapper.eval.pairing import NO_PAIRS, PAIRINGS, Pairs, gallery_pairs, image_pairs, make_pairs
 from mapper.eval.protocols import (
     VerificationProtocol,
     detections_from_landmarks,
@@ -259,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--pairing",
-        choices=PAIRINGS,
+        choices=(*PAIRINGS, "none"),
         help="how fitting pairs are made: 'image', both models' templates of one photo (the papers'); "
         "'identity', A's template of one photo and B's of another photo of the same person, as after a "
         "vendor switch when the old model cannot run again: each fitting person's photos are split into "
-        "an old (A) and a new (B) half, no photo on both sides. The hub and --joining need image pairs "
+        "an old (A) and a new (B) half, no photo on both sides. The hub and --joining need image pairs; "
+        "'none' (nothing links the galleries) is refused: no method tried works "
         f"(default {_default('pairing')})",
     )
     gal = ap.add_argument_group(
@@ -344,6 +345,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
         unknown = set(settings.get(key) or ()) - set(ABLATION)
         if unknown:  # before hours of work, not after
             raise SystemExit(f"{key}: unknown methods {sorted(unknown)}; known: {' '.join(ABLATION)}")
+    if settings.get("pairing") == "none":
+        raise SystemExit(NO_PAIRS)
     if settings.get("old_gallery") or settings.get("new_gallery"):
         _check_galleries(settings)
     if settings.get("pairing", "image") != "image":

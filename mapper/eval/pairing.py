@@ -19,6 +19,12 @@ from mapper.eval.protocols import rows_by_person
 
 #: How fitting pairs are made (``mapper-train --pairing``).
 PAIRINGS = ("image", "identity")
+#: Why ``--pairing none`` (no link between the galleries) is refused: measured, nothing works.
+NO_PAIRS = (
+    "no method tried fits a usable map from two unlinked galleries: whitening + ICA + Procrustes "
+    "refinement matched no one (TAR at FAR 1e-2 0.0066, chance level; docs/guides/pairing.md). "
+    "Link some people: re-enrol a few hundred of them with the new model and use identity pairs"
+)
 
 
 @dataclass(frozen=True)
