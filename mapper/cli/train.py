@@ -58,9 +58,9 @@ from mapper.eval.report import PAPERS, fewshot_plot, pairing_plot, write_report
 from mapper.eval.studies import (
     ABLATION,
     FEWSHOT_DRAWS,
+    FewShot,
     ablation,
     ablation_table,
-    fewshot,
     fewshot_table,
     pairing_study,
     pairing_table,
@@ -517,17 +517,9 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     extra: dict[str, Any] = {}
     if cfg.fewshot:
         kinds = tuple(k for k in eval_kinds(cfg.kinds) if k not in ("none", "hub"))
-        curve = fewshot(
-            data.pairs,
-            ev.embeddings,
-            ev.protocol,
-            cfg.seed,
-            cfg.progress,
-            kinds=kinds,
-            draw=cfg.fewshot_draw,
-            mirrored=data.mirrored_pairs,
-            full_maps=maps,
-            methods=tuple(cfg.fewshot_methods),
+        study = FewShot(kinds, tuple(cfg.fewshot_methods), cfg.fewshot_draw, cfg.seed, cfg.progress)
+        curve = study.run(
+            data.pairs, ev.embeddings, ev.protocol, mirrored=data.mirrored_pairs, full_maps=maps
         )
         fewshot_plot(curve, out / "fewshot.png")
         sections.append(("How little data is enough", fewshot_table(curve, "fewshot.png")))

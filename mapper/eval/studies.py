@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,68 +28,77 @@ from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring, direct
 FEWSHOT_DRAWS = ("images", "people")
 
 
-def fewshot(
-    pairs: Pairs,
-    emb_eval: dict,
-    protocol: VerificationProtocol,
-    seed: int,
-    progress: bool,
-    *,
-    kinds: tuple[str, ...] = ("linear", "rotation"),
-    draw: str = "images",
-    mirrored: Pairs | None = None,
-    full_maps: dict[tuple[str, str, str], Any] | None = None,
-    methods: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Mean cross-model TAR@FAR=1e-2 against the number of fitting pairs, per kind in
-    ``kinds`` (``K:compare``: kind K scored as its map records) and per ablation method in
-    ``methods`` (keys of :data:`ABLATION`).
+@dataclass(frozen=True)
+class FewShot:
+    """The few-shot curve: mean cross-model TAR@FAR=1e-2 against the number of fitting
+    pairs, per kind in ``kinds`` (``K:compare``: kind K scored as its map records) and per
+    ablation method in ``methods`` (keys of :data:`ABLATION`).
 
-    ``draw="images"``: each point fits on that many of the fitting ``pairs`` drawn at random
+    ``draw="images"``: each point fits on that many of the fitting pairs drawn at random
     (as a user would take a sample of their photos); ``"people"``: on every pair of that
     many people with 2+ pairs each (fewer people, more pairs each: the curve is lower, since
-    what a map needs most is many faces). The last point uses every pair. ``mirrored``: the
-    mirrored faces' pairs, row for row with ``pairs``: each drawn pair then brings its
-    mirrored pair too (the counts stay pairs). ``full_maps``: maps already
-    fitted on every fitting pair (fitting is deterministic), used for the last point.
-    Evaluated on every genuine pair and at most 1,000,000 impostor pairs of the protocol
-    (plenty for FAR 1e-2), so the curve costs a few seconds per point at any scale.
+    what a map needs most is many faces). The last point uses every pair. ``seed`` seeds
+    the draws and the impostor sample: each point is evaluated on every genuine pair and at
+    most 1,000,000 impostor pairs of the protocol (plenty for FAR 1e-2), so the curve costs
+    a few seconds per point at any scale.
     """
-    if draw not in FEWSHOT_DRAWS:
-        raise InvalidInput(f"draw must be one of {FEWSHOT_DRAWS}, got {draw!r}")
-    _check_methods(methods)
-    methods = tuple(m for m in methods if m not in kinds)  # "linear" is both
-    rng = np.random.default_rng(seed)
-    protocol = _at_most_impostors(protocol, 1_000_000, rng)  # first: the seeded draws of earlier runs
-    ids_fit = pairs.groups
-    draws = _fewshot_draws(ids_fit, draw, rng)
-    curve: dict[str, Any] = {
-        "far": 1e-2,
-        "draw": draw,
-        "identities": [],
-        "pairs": [],
-        "tar": {kind: [] for kind in (*kinds, *methods)},
-    }
-    fit_kinds = tuple(dict.fromkeys(Scored(k).map_kind for k in kinds))
-    native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
-    curve["native"] = float(np.nanmean(np.diag(native.tar["none"][1e-2])))
-    for chosen in tqdm(draws, desc="few-shot", disable=not progress):
-        drawn = pairs.take(chosen)
-        if mirrored is not None:
-            drawn = drawn.concat(mirrored.take(chosen))
-        if chosen.all() and full_maps is not None:
-            maps = dict(full_maps)
-        else:
-            maps, _ = fit_maps(drawn, fit_kinds, progress=False)
-        fitted, scored = _fit_methods(methods, drawn)
-        res = cross_model_eval(
-            emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
-        )
-        curve["identities"].append(int(np.unique(ids_fit[chosen]).size))
-        curve["pairs"].append(int(chosen.sum()))
-        for key, kind in (*zip(kinds, kinds, strict=True), *zip(methods, scored, strict=True)):
-            curve["tar"][key].append(res.summary()[kind][1e-2])
-    return curve
+
+    kinds: tuple[str, ...] = ("linear", "rotation")
+    methods: tuple[str, ...] = ()
+    draw: str = "images"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.draw not in FEWSHOT_DRAWS:
+            raise InvalidInput(f"draw must be one of {FEWSHOT_DRAWS}, got {self.draw!r}")
+        _check_methods(self.methods)
+
+    def run(
+        self,
+        pairs: Pairs,
+        emb_eval: dict[str, np.ndarray],
+        protocol: VerificationProtocol,
+        *,
+        mirrored: Pairs | None = None,
+        full_maps: dict[tuple[str, str, str], Any] | None = None,
+    ) -> dict[str, Any]:
+        """The curve of ``pairs`` evaluated on ``emb_eval`` ({model: (n, d)}) under
+        ``protocol``. ``mirrored``: the mirrored faces' pairs, row for row with ``pairs``:
+        each drawn pair brings its mirrored pair too (the counts stay pairs). ``full_maps``:
+        maps already fitted on every pair (fitting is deterministic), used for the last point."""
+        kinds = self.kinds
+        methods = tuple(m for m in self.methods if m not in kinds)  # "linear" is both
+        rng = np.random.default_rng(self.seed)
+        protocol = _at_most_impostors(protocol, 1_000_000, rng)  # first: the seeded draws of earlier runs
+        draws = _fewshot_draws(pairs.groups, self.draw, rng)
+        curve: dict[str, Any] = {
+            "far": 1e-2,
+            "draw": self.draw,
+            "identities": [],
+            "pairs": [],
+            "tar": {kind: [] for kind in (*kinds, *methods)},
+        }
+        fit_kinds = tuple(dict.fromkeys(Scored(k).map_kind for k in kinds))
+        native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=(1e-2,), progress=False)
+        curve["native"] = float(np.nanmean(np.diag(native.tar["none"][1e-2])))
+        for chosen in tqdm(draws, desc="few-shot", disable=not self.progress):
+            drawn = pairs.take(chosen)
+            if mirrored is not None:
+                drawn = drawn.concat(mirrored.take(chosen))
+            if chosen.all() and full_maps is not None:
+                maps = dict(full_maps)
+            else:
+                maps, _ = fit_maps(drawn, fit_kinds, progress=False)
+            fitted, scored = _fit_methods(methods, drawn)
+            res = cross_model_eval(
+                emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
+            )
+            curve["identities"].append(int(np.unique(pairs.groups[chosen]).size))
+            curve["pairs"].append(int(chosen.sum()))
+            for key, kind in (*zip(kinds, kinds, strict=True), *zip(methods, scored, strict=True)):
+                curve["tar"][key].append(res.summary()[kind][1e-2])
+        return curve
 
 
 #: FARs of the pairing study's curve.
