@@ -74,7 +74,7 @@ class Pairs:
         return Pairs(source, target, np.concatenate([self.groups, other.groups]), self.pairing)
 
     def describe(self) -> str:
-        """How the pairs were made, for map files' provenance and reports."""
+        """How the pairs were made, in words for reports."""
         people = np.unique(self.groups).size
         if self.pairing == "image":
             return f"image pairs: both models' templates of one photo ({len(self)} pairs, {people} people)"
