@@ -8,6 +8,9 @@ fitting part, evaluate cross-model verification on all pairs of the evaluation p
 (IJB-C file layout), both as Translate's output under a plain cosine and as Compare scores
 it, measure how few fitting pairs suffice, what each method adds (--ablation) and what a
 leaked template reveals, write a report, and publish the maps with their calibration.
+
+When the old model cannot run again, fit from two photos of each person (--pairing
+identity) or from the old gallery and new enrolments (--old-gallery, --new-gallery).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 import tomllib
 from collections.abc import Callable
@@ -269,10 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gal = ap.add_argument_group(
         "fitting from galleries",
-        "When the old model can no longer run: its gallery (with a person per template) and new "
-        "enrolments by the new model, of other photos. --models names the two: OLD NEW. The people in "
-        "both are split by --fit-fraction; the maps fit on identity pairs of the fitting people and "
-        "are evaluated across the galleries on the others. Parquet as mapper-migrate reads it.",
+        textwrap.fill(
+            "When the old model can no longer run: its gallery (with a person per template) and new "
+            "enrolments by the new model, of other photos. --models names the two: OLD NEW. The people "
+            "in both are split by --fit-fraction; the maps fit on identity pairs of the fitting people "
+            "and are evaluated across the galleries on the others. Parquet as mapper-migrate reads it "
+            "(docs/guides/pairing.md).",
+            width=88,
+            break_on_hyphens=False,
+        ),
     )
     gal.add_argument("--old-gallery", metavar="PARQUET", help="the old model's templates (file or folder)")
     gal.add_argument("--new-gallery", metavar="PARQUET", help="the new model's templates of the same people")
@@ -743,7 +752,8 @@ def from_galleries(cfg: TrainConfig, log: Log) -> Run:
         try:
             g = read_gallery(path, **read)
         except InvalidInput as e:
-            raise SystemExit(f"{e}; see --person-column, --id-column, --embedding-column") from e
+            hint = "; name them with --person-column, --id-column, --embedding-column"
+            raise SystemExit(f"{e}{hint if 'columns' in str(e) else ''}") from e
         known = registry.load().get(model)
         if known is not None and known.dim != g.dim:
             raise SystemExit(f"{path}: {g.dim}-d templates, but {model} makes {known.dim}-d ones")
