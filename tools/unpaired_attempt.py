@@ -32,6 +32,8 @@ A_MODEL, B_MODEL, DIM = "sface-2021dec-int8bq", "face-reid-retail-0095", 64
 
 
 def unit(x: np.ndarray) -> np.ndarray:
+    # float64 throughout, not the library's l2_normalize (float32): FastICA's answer moves
+    # with the last bits, and the guide's figures are this script's.
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 

@@ -170,7 +170,10 @@ def curve_plot(points: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, res: dict[str, Any], curve: list[dict[str, Any]] | None) -> Path:
+def write_report(
+    out: Path, res: dict[str, Any], s: dict[str, float], curve: list[dict[str, Any]] | None
+) -> Path:
+    """imagenet.md, imagenet.json and the figures of ``res`` and its :func:`summary` ``s``."""
     models = list(res["native"])
     fitted, closed = _matrix(res, models, "fitted"), _matrix(res, models, "closed_form")
     heatmaps(
@@ -180,7 +183,6 @@ def write_report(out: Path, res: dict[str, Any], curve: list[dict[str, Any]] | N
         label="top-1 of B's head",
         title="A's embedding mapped into B, classified by B (diagonal: native)",
     )
-    s = summary(res)
     zoo_top1 = {c.name: c.top1 for c in registry.CLASSIFIERS}
     lines = [
         "# ImageNet classifiers mapped into each other (the 2020 paper's second half)",
@@ -288,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             progress=args.progress,
         )
-    report = write_report(out, res, curve)
+    s = summary(res)
+    report = write_report(out, res, s, curve)
     if args.save_maps:
         save_maps(out, m, args.views)
-    s = summary(res)
     log(
         f"fitted: mean top-1 ratio to the lower native {s['fitted_mean_ratio_to_lower_native']:.3f}; "
         f"closed form exact on {s['closed_form_exact_pairs']} pairs; report {report}"

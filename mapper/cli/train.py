@@ -782,7 +782,10 @@ def from_galleries(cfg: TrainConfig, log: Log) -> Run:
         seed=cfg.seed,
     )
     native = {
-        m: native_thresholds(g.embeddings[fitting[m]], g.persons[fitting[m]]) for m, g in galleries.items()
+        m: native_thresholds(
+            g.embeddings[fitting[m]], g.persons[fitting[m]], max_impostors=cfg.max_impostors, seed=cfg.seed
+        )
+        for m, g in galleries.items()
     }
     n_eval = common.size - n_fit
     description = (

@@ -20,7 +20,6 @@ from sklearn.model_selection import GroupKFold
 from mapper.core.calibration import Calibration, far_key
 from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import COSINE
-from mapper.core.validation import l2_normalize
 from mapper.eval.metrics import STANDARD_FARS, tar_at_far_strict
 from mapper.eval.protocols import cross_gallery_pairs
 from mapper.eval.selection import attach_scoring
@@ -85,12 +84,15 @@ def calibrate(
     return thresholds(*out_of_fold_scores(m, x_src, x_dst, ids, folds))
 
 
-def native_thresholds(x: np.ndarray, ids: np.ndarray) -> Calibration:
-    """A model's own cosine thresholds over all pairs of its (n, d) templates ``x`` of
-    people ``ids``: what its vendor's matcher would use on a migrated gallery."""
-    iu = np.triu_indices(len(ids), 1)
-    scores = COSINE.matrix(x, x)[iu]
-    same = (ids[:, None] == ids[None, :])[iu]
+def native_thresholds(
+    x: np.ndarray, ids: np.ndarray, *, max_impostors: int = 10_000_000, seed: int = 0
+) -> Calibration:
+    """A model's own cosine thresholds over the pairs of its (n, d) templates ``x`` of
+    people ``ids``: what its vendor's matcher would use on a migrated gallery. Every
+    genuine pair; impostor pairs beyond ``max_impostors`` are a seeded sample, so a large
+    gallery never builds all n^2 scores."""
+    i, j, same = cross_gallery_pairs(ids, max_impostors=max_impostors, rng=np.random.default_rng(seed))
+    scores = pair_scores(x, x, i, j, matrix=COSINE.matrix)
     return thresholds(scores[same], scores[~same])
 
 
@@ -152,8 +154,7 @@ def gallery_far_check(
     for b, cal in native.items():
         x, ids = galleries[b]
         i, j, same = cross_gallery_pairs(ids, max_impostors=max_impostors, rng=rng)
-        t = l2_normalize(x)
-        out["native"][b] = measured_far(pair_scores(t, t, i, j), same, cal)
+        out["native"][b] = measured_far(pair_scores(x, x, i, j, matrix=COSINE.matrix), same, cal)
     for (a, b, kind), m in maps.items():
         if (a, b, kind) not in calibrations:
             continue
@@ -164,7 +165,7 @@ def gallery_far_check(
         compare = pair_scores(mapped, y, i, j, matrix=m.score_matrix)
         out.setdefault(kind, {})[pair] = measured_far(compare, same, calibrations[a, b, kind])
         if b in native:
-            plain = pair_scores(l2_normalize(mapped), l2_normalize(y), i, j)
+            plain = pair_scores(mapped, y, i, j, matrix=COSINE.matrix)
             out.setdefault(f"{kind}:translate", {})[pair] = measured_far(plain, same, native[b])
     return out
 
