@@ -17,7 +17,7 @@ from mapper.core.maps import LinearMap
 from mapper.core.scoring import SCORINGS
 from mapper.datasets.face_zoo import identity_of
 from mapper.eval.metrics import tar_at_far_strict
-from mapper.eval.selection import attach_scoring, select_map
+from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring, cohort_rows, fit_recipe, select_map
 from mapper.eval.thresholds import calibrate
 from mapper.serving.catalog import map_id_of
 
@@ -251,6 +251,29 @@ def test_selection_picks_the_planted_winner_and_the_file_says_why():
         m.score_rows(m.transform(x), quadratic(Z[:20])),
         atol=1e-6,
     )
+
+
+def test_snorm_statistics_come_from_the_cohort_and_the_map_from_everyone_else():
+    """Issue 20: a tuned S-norm map is fitted without its cohort's people, and its
+    statistics are the cohort's alone, so its file holds nothing of the people it fits."""
+    (Z, g), Q = people(14, n_ids=300), np.linalg.qr(np.random.default_rng(16).standard_normal((16, 16)))[0]
+    X, Y = hubs(17, Z), hubs(18, Z) @ Q
+    cohort = cohort_rows(g)
+    assert np.unique(g[cohort]).size == 30 and not set(g[cohort]) & set(g[~cohort])
+    m = select_map(X, Y, g, recipes=DEFAULT_RECIPES[:1], scorings=("cosine", "snorm"), cohort=cohort)
+    sel = m.fit_info_["selection"]
+    assert sel["scoring"] == "snorm", sel
+    assert sel["cohort"] == {"pairs": int(cohort.sum()), "people": 30} and sel["fit_pairs"] == (~cohort).sum()
+    alone = fit_recipe(DEFAULT_RECIPES[0], X[~cohort], Y[~cohort], g[~cohort])
+    np.testing.assert_allclose(m.transform(X[:50]), alone.transform(X[:50]), atol=1e-6)
+    attach_scoring(alone, "snorm", X[cohort], Y[cohort])
+    for stat in ("cov_mapped_", "cov_native_"):
+        np.testing.assert_allclose(getattr(m.scoring_, stat), getattr(alone.scoring_, stat), atol=1e-6)
+    # chosen without S-norm, nothing is set aside
+    plain = select_map(X, Y, g, recipes=DEFAULT_RECIPES[:1], scorings=("cosine",), cohort=cohort)
+    assert plain.fit_info_["selection"]["cohort"] is None and plain.fit_info_["selection"][
+        "fit_pairs"
+    ] == len(g)
 
 
 def test_too_few_people_to_choose_gives_the_papers_map():

@@ -59,6 +59,7 @@ from mapper.eval.protocols import (
     write_ijbc,
 )
 from mapper.eval.report import PAPERS, fewshot_plot, pairing_plot, write_report
+from mapper.eval.selection import COHORT_FRACTION, cohort_rows
 from mapper.eval.studies import (
     ABLATION,
     FEWSHOT_DRAWS,
@@ -101,6 +102,7 @@ class TrainConfig:
     backend: str = "triton"
     triton_url: str | None = None
     fit_fraction: float = 0.5
+    cohort_fraction: float = COHORT_FRACTION  # of the fitting people: S-norm's cohort, fits no map
     seed: int = 0
     kinds: list[str] = field(default_factory=lambda: ["linear", "rotation", "hub", "tuned"])
     max_impostors: int = 10_000_000
@@ -230,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-fraction",
         type=float,
         help=f"share of identities used to fit (default {_default('fit_fraction')})",
+    )
+    ap.add_argument(
+        "--cohort-fraction",
+        type=float,
+        help="share of the fitting people set aside as S-norm's cohort: a tuned map scored by S-norm "
+        "is fitted without them and its file holds second moments of theirs only, never of the people "
+        f"it was fitted on. Use people who agreed to it; 0 fits on everyone (default "
+        f"{_default('cohort_fraction')})",
     )
     ap.add_argument(
         "--seed", type=int, help=f"seed of the identity split and samples (default {_default('seed')})"
@@ -373,6 +383,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
         raise SystemExit("--mirror embeds mirrored faces, so it needs the images: drop --embeddings")
     if settings.get("fewshot_draw", "images") not in FEWSHOT_DRAWS:
         raise SystemExit(f"fewshot_draw must be one of {FEWSHOT_DRAWS}, got {settings['fewshot_draw']!r}")
+    if not 0 <= settings.get("cohort_fraction", COHORT_FRACTION) < 0.5:
+        raise SystemExit("--cohort-fraction must be at least 0 and below 0.5 (0.1 is the default)")
     return TrainConfig(**settings)
 
 
@@ -471,7 +483,14 @@ def fit(
     cfg: TrainConfig, data: Split
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
     """({(A, B, kind): map}, the hub space if fitted), fitted on the fitting people only."""
-    return fit_maps(data.fitting_pairs, tuple(cfg.kinds), progress=cfg.progress)
+    pairs = data.fitting_pairs
+    return fit_maps(pairs, tuple(cfg.kinds), progress=cfg.progress, cohort=cohort_of(cfg, pairs))
+
+
+def cohort_of(cfg: TrainConfig, pairs: Pairs) -> np.ndarray | None:
+    """(len(pairs),) bool: the rows of S-norm's cohort, --cohort-fraction of the people,
+    seeded (the same people for every set of rows of the same people)."""
+    return cohort_rows(pairs.groups, cfg.cohort_fraction, cfg.seed)
 
 
 def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> Evaluation:
@@ -587,11 +606,14 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
     return sections, extra
 
 
-def calibrate_maps(pairs: Pairs, maps: dict) -> dict[tuple[str, str, str], Calibration]:
-    """{(A, B, kind): Compare's thresholds} from out-of-fold scores of the fitting pairs
-    (hub legs are served through the hub space, which makes no decisions)."""
+def calibrate_maps(
+    pairs: Pairs, maps: dict, cohort: np.ndarray | None
+) -> dict[tuple[str, str, str], Calibration]:
+    """{(A, B, kind): Compare's thresholds} from out-of-fold scores of the fitting pairs,
+    ``cohort`` their rows set aside as S-norm's (hub legs are served through the hub space,
+    which makes no decisions)."""
     return {
-        (a, b, kind): calibrate(m, *pairs.xy(a, b), pairs.groups)
+        (a, b, kind): calibrate(m, *pairs.xy(a, b), pairs.groups, cohort=cohort)
         for (a, b, kind), m in maps.items()
         if kind != "hub"
     }
@@ -770,7 +792,7 @@ def from_galleries(cfg: TrainConfig, log: Log) -> Run:
         )
     fit_people = np.random.default_rng(cfg.seed).choice(common, n_fit, replace=False)
     pairs = gallery_pairs(*((m, g.embeddings, g.persons) for m, g in galleries.items()), fit_people)
-    maps, hub = fit_maps(pairs, tuple(cfg.kinds), progress=cfg.progress)
+    maps, hub = fit_maps(pairs, tuple(cfg.kinds), progress=cfg.progress, cohort=cohort_of(cfg, pairs))
     fitting = {m: np.isin(g.persons, fit_people) for m, g in galleries.items()}
     evaluation = {m: (g.embeddings[~fitting[m]], g.persons[~fitting[m]]) for m, g in galleries.items()}
     results = gallery_eval(
@@ -832,11 +854,12 @@ def main(argv: list[str] | None = None) -> int:
         **run.provenance,
         "pairing": cfg.pairing,
         "fit_pairs": len(run.pairs),
+        "cohort_fraction": cfg.cohort_fraction,
         "seed": cfg.seed,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
     }
-    calibrations = calibrate_maps(run.pairs, run.maps)
+    calibrations = calibrate_maps(run.pairs, run.maps, cohort_of(cfg, run.pairs))
     sections, extra = run.sections, run.extra
     if run.far_check is not None:
         check = run.far_check(calibrations)

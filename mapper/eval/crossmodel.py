@@ -63,11 +63,13 @@ def fit_maps(
     *,
     progress: bool = True,
     mlp_params: dict[str, Any] | None = None,
+    cohort: np.ndarray | None = None,
 ) -> tuple[dict[tuple[str, str, str], EmbeddingMap], CanonicalSpace | None]:
     """({(A, B, kind): map A -> B} for every ordered pair, the hub space or None), each map
     fitted on ``pairs.xy(A, B)`` with CV folds by person. ``hub`` maps are compositions
     through one :class:`CanonicalSpace` fitted on all models (needs rows shared by all
-    models); ``tuned`` maps are chosen by :func:`select_map`."""
+    models); ``tuned`` maps are chosen by :func:`select_map`, with the rows ``cohort``
+    ((len(pairs),) bool, from :func:`cohort_rows`) as S-norm's cohort."""
     models = pairs.models
     if "hub" in kinds and not pairs.shared_rows:
         raise FitError(
@@ -82,7 +84,7 @@ def fit_maps(
         for a, b, kind in tqdm(jobs, desc="fitting maps", unit="map", disable=not progress):
             X, Y = pairs.xy(a, b)
             if kind == "tuned":
-                maps[a, b, kind] = select_map(X, Y, pairs.groups, source_id=a, target_id=b)
+                maps[a, b, kind] = select_map(X, Y, pairs.groups, source_id=a, target_id=b, cohort=cohort)
                 continue
             params = (mlp_params or {}) if kind == "mlp" else {}
             maps[a, b, kind] = DIRECT[kind](source_id=a, target_id=b, **params).fit(X, Y, groups=pairs.groups)

@@ -26,6 +26,10 @@ from mapper.eval.metrics import tar_at_far_strict
 
 #: The FARs a choice is judged at: the mean TAR over them is maximised.
 SELECTION_FARS = (1e-3, 1e-4)
+#: Share of the fitting people whose templates give S-norm's statistics instead of fitting
+#: the map, so that no map-fitting person's template enters the file (issue 20; 0.10 costs
+#: 0.001-0.004 TAR at FAR 1e-4 on LFW, docs/results/trustworthy-maps.md).
+COHORT_FRACTION = 0.1
 #: Fewer fitting identities than this and there is nothing to choose on: the first recipe
 #: (the papers' linear map) with a plain cosine. (Each training fold needs 5 people for
 #: the linear map's own penalty CV.)
@@ -77,6 +81,17 @@ def fit_recipe(
 def attach_scoring(m: EmbeddingMap, scoring: str, X: np.ndarray, Y: np.ndarray) -> EmbeddingMap:
     """Fit a :class:`ScoreSpace` of ``scoring`` on pairs (X, Y) and attach it to ``m``."""
     return m.set_scoring(ScoreSpace(scoring).fit(m.transform(X), l2_normalize(Y), m.target_mean_))
+
+
+def cohort_rows(groups: Any, fraction: float = COHORT_FRACTION, seed: int = 0) -> np.ndarray | None:
+    """(n,) bool: the rows of a seeded ``fraction`` of the people in ``groups``, set aside as
+    S-norm's cohort; None when that is fewer than two people or leaves fewer than
+    MIN_IDENTITIES to fit on."""
+    people = np.unique(np.asarray(groups))
+    k = round(fraction * people.size)
+    if k < 2 or people.size - k < MIN_IDENTITIES:
+        return None
+    return np.isin(groups, np.random.default_rng(seed).choice(people, k, replace=False))
 
 
 def cross_validate(
@@ -133,14 +148,19 @@ def select_map(
     fars: tuple[float, ...] = SELECTION_FARS,
     source_id: str | None = None,
     target_id: str | None = None,
+    cohort: np.ndarray | None = None,
 ) -> EmbeddingMap:
     """The best (recipe, scoring) by :func:`cross_validate`, refitted on all pairs and
     labelled ``tuned``; ``fit_info_["selection"]`` records the choice and the whole table.
 
     Needs "cosine" among ``scorings``: the recipe is chosen for Translate (cosine) and
-    Compare (its best scoring) together.
+    Compare (its best scoring) together. ``cohort`` ((n,) bool, whole people, e.g. from
+    :func:`cohort_rows`): when the choice is S-norm, the map is refitted without those rows
+    and S-norm's statistics come from them alone, so the file holds no statistic of the
+    people the map was fitted on (and the cohort's people fit nothing).
     """
     t0 = time.perf_counter()
+    X, Y = check_pairs(X, Y)
     n_ids = np.unique(np.asarray(groups)).size
     table: dict[str, dict[str, list[float]]] = {}
     if n_ids >= MIN_IDENTITIES:  # else too few people to judge anything on held-out ones
@@ -159,7 +179,13 @@ def select_map(
         scoring = max(table[recipe_name], key=lambda s: mean(recipe_name, s))
         translate = max(table, key=lambda r: mean(r, "cosine"))
     recipe = next(r for r in recipes if r.name == recipe_name)
-    m = attach_scoring(fit_recipe(recipe, X, Y, groups, source_id, target_id), scoring, X, Y)
+    groups = np.asarray(groups)
+    fit_rows = np.ones(len(groups), bool)
+    if scoring == "snorm" and cohort is not None:
+        fit_rows = ~np.asarray(cohort, bool)
+    stat_rows = ~fit_rows if (~fit_rows).any() else fit_rows
+    m = fit_recipe(recipe, X[fit_rows], Y[fit_rows], groups[fit_rows], source_id, target_id)
+    attach_scoring(m, scoring, X[stat_rows], Y[stat_rows])
     m.label = "tuned"
     m.fit_info_ = {
         **m.fit_info_,
@@ -173,6 +199,10 @@ def select_map(
             else f"mean TAR at FAR {', '.join(f'{f:g}' for f in fars)} (strict), "
             f"{folds}-fold identity-disjoint CV on the fitting people",
             "cv_tar": table,
+            "fit_pairs": int(fit_rows.sum()),
+            "cohort": {"pairs": int((~fit_rows).sum()), "people": int(np.unique(groups[~fit_rows]).size)}
+            if (~fit_rows).any()
+            else None,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     }

@@ -22,7 +22,7 @@ from mapper.eval.metrics import evaluate
 from mapper.eval.pairing import PAIRINGS, Pairs, make_pairs
 from mapper.eval.protocols import VerificationProtocol
 from mapper.eval.report import short
-from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring, direct
+from mapper.eval.selection import DEFAULT_RECIPES, attach_scoring, cohort_rows, direct
 
 #: How the few-shot curve samples its fitting pairs (see :func:`fewshot`).
 FEWSHOT_DRAWS = ("images", "people")
@@ -89,7 +89,7 @@ class FewShot:
             if chosen.all() and full_maps is not None:
                 maps = dict(full_maps)
             else:
-                maps, _ = fit_maps(drawn, fit_kinds, progress=False)
+                maps, _ = fit_maps(drawn, fit_kinds, progress=False, cohort=cohort_rows(drawn.groups))
             fitted, scored = _fit_methods(methods, drawn)
             res = cross_model_eval(
                 emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False

@@ -29,31 +29,43 @@ from mapper.eval.templates import pair_scores
 CALIBRATION_FOLDS = 3
 
 
-def refit_like(m: EmbeddingMap, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> EmbeddingMap:
-    """A new map of ``m``'s class and settings fitted on (X, Y), rescaled and scored as ``m`` is."""
+def refit_like(
+    m: EmbeddingMap,
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    statistics: tuple[np.ndarray, np.ndarray] | None = None,
+) -> EmbeddingMap:
+    """A new map of ``m``'s class and settings fitted on (X, Y), rescaled and scored as ``m``
+    is; its scoring's statistics from the pairs ``statistics`` (a cohort) if given, else (X, Y)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         copy = clone(m).fit(X, Y, groups=groups)
     if "residual_scale" in m.fit_info_:
         copy.rescale_residual(X, Y)
     if m.scoring_ is not None:
-        attach_scoring(copy, m.scoring_.method, X, Y)
+        attach_scoring(copy, m.scoring_.method, *(statistics or (X, Y)))
     return copy
 
 
 def out_of_fold_scores(
-    m: EmbeddingMap, x_src: np.ndarray, x_dst: np.ndarray, ids: np.ndarray, folds: int = CALIBRATION_FOLDS
+    m: EmbeddingMap,
+    x_src: np.ndarray,
+    x_dst: np.ndarray,
+    ids: np.ndarray,
+    folds: int = CALIBRATION_FOLDS,
+    statistics: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) scores of all pairs within each held-out fold, each scored by a
     copy of ``m`` fitted on the other folds (row i's A side mapped against row j's B side,
-    i < j, scored as ``m`` records).
+    i < j, scored as ``m`` records, its statistics from ``statistics`` if given).
 
     x_src: (n, d_A), x_dst: (n, d_B): n fitting pairs, row i of both of person ids[i]
     (one photo, or two photos of that person).
     """
     genuine, impostor = [], []
     for train, val in GroupKFold(n_splits=folds).split(x_src, groups=ids):
-        fold = refit_like(m, x_src[train], x_dst[train], ids[train])
+        fold = refit_like(m, x_src[train], x_dst[train], ids[train], statistics)
         iu = np.triu_indices(len(val), 1)
         scores = fold.score_matrix(fold.transform(x_src[val]), x_dst[val])[iu]
         same = (ids[val][:, None] == ids[val][None, :])[iu]
@@ -75,13 +87,27 @@ def thresholds(genuine: np.ndarray, impostor: np.ndarray) -> Calibration:
 
 
 def calibrate(
-    m: EmbeddingMap, x_src: np.ndarray, x_dst: np.ndarray, ids: np.ndarray, folds: int = CALIBRATION_FOLDS
+    m: EmbeddingMap,
+    x_src: np.ndarray,
+    x_dst: np.ndarray,
+    ids: np.ndarray,
+    folds: int = CALIBRATION_FOLDS,
+    cohort: np.ndarray | None = None,
 ) -> Calibration:
     """Thresholds for Compare from :func:`out_of_fold_scores` of the fitting pairs
-    (x_src: (n, d_A), x_dst: (n, d_B), ids: (n,)); a file records how they were made."""
+    (x_src: (n, d_A), x_dst: (n, d_B), ids: (n,)); a file records how they were made.
+
+    ``cohort`` ((n,) bool): the rows set aside as S-norm's cohort. When ``m``'s statistics
+    came from them (its selection records a cohort), each fold's copy takes its statistics
+    from them too, as noisy as the map's own, and they are not scored.
+    """
+    statistics = None
+    if cohort is not None and (m.fit_info_.get("selection") or {}).get("cohort"):
+        statistics = (x_src[cohort], x_dst[cohort])
+        x_src, x_dst, ids = x_src[~cohort], x_dst[~cohort], ids[~cohort]
     if np.unique(ids).size < folds:
         return Calibration({})  # too few people to calibrate on anyone unseen: no decisions
-    return thresholds(*out_of_fold_scores(m, x_src, x_dst, ids, folds))
+    return thresholds(*out_of_fold_scores(m, x_src, x_dst, ids, folds, statistics))
 
 
 def native_thresholds(
