@@ -8,10 +8,12 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 setup: $(STAMP)
 
+# --no-compile: modules are byte-compiled when first imported, only those imported (a
+# fresh install took 54 s instead of 94 on 2 cores).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-compile -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup

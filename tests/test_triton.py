@@ -35,35 +35,52 @@ def lfw_images(face_zoo):
     return pairs, pick, names, data
 
 
-@pytest.fixture(scope="module")
-def embedded(triton, face_zoo, lfw_images):
-    _, _, names, data = lfw_images
-    images = [data[n] for n in names]
-    local = FaceEmbedder(LocalBackend(face_zoo / "models"))
+def embed_through_triton(triton, images: list[bytes]) -> dict:
     with TritonClient(triton.url) as client:
         remote = FaceEmbedder(TritonBackend(client))
-        # Triton embeds every image (for the accuracy test); in-process, the first 32 are
-        # enough to show both paths give the same vectors.
-        return {m: (remote.embed(images, m), local.embed(images[:32], m)) for m in EMBEDDERS}
+        return {m: remote.embed(images, m) for m in EMBEDDERS}
+
+
+#: Photos both paths embed for the equality test: enough to cover several faces, poses and
+#: crops per model, few enough that ten models cost about 10 s (dlib takes 0.1 s a photo).
+EQUALITY_PHOTOS = 16
+
+
+@pytest.fixture(scope="module")
+def both_paths(triton, face_zoo, lfw_images):
+    """{model: (through Triton, in-process)} embeddings of the first EQUALITY_PHOTOS photos."""
+    _, _, names, data = lfw_images
+    images = [data[n] for n in names[:EQUALITY_PHOTOS]]
+    local = FaceEmbedder(LocalBackend(face_zoo / "models"))
+    remote = embed_through_triton(triton, images)
+    return {m: (remote[m], local.embed(images, m)) for m in EMBEDDERS}
 
 
 @pytest.mark.parametrize("model", EMBEDDERS)
-def test_triton_equals_in_process(embedded, model):
-    remote, local = embedded[model]
+def test_triton_equals_in_process(both_paths, model):
+    remote, local = both_paths[model]
     assert remote.failed == local.failed == []
-    n = len(local.embeddings)
+    assert len(local.embeddings) == EQUALITY_PHOTOS
     # One OpenCV YuNet in two processes (thread counts differ): pixels within 1e-3.
-    np.testing.assert_allclose(remote.detections[:n], local.detections, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(remote.detections, local.detections, rtol=0, atol=1e-3)
     scale = np.abs(local.embeddings).max()
-    assert np.abs(remote.embeddings[:n] - local.embeddings).max() <= 1e-5 * scale
+    assert np.abs(remote.embeddings - local.embeddings).max() <= 1e-5 * scale
 
 
+@pytest.fixture(scope="module")
+def embedded(triton, lfw_images):
+    """{model: Triton's embeddings of every photo of the 120 pairs} (about 60 s for ten models)."""
+    _, _, names, data = lfw_images
+    return embed_through_triton(triton, [data[n] for n in names])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", EMBEDDERS)
 def test_lfw_accuracy_through_triton(embedded, lfw_images, lfw_embeddings, model):
     """On 120 View-2 pairs: far above chance and as good as the face zoo's in-process vectors."""
     pairs, pick, names, _ = lfw_images
     index = {n: i for i, n in enumerate(names)}
-    emb = embedded[model][0].embeddings
+    emb = embedded[model].embeddings
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     li, ri = [index[n] for n in pairs.left[pick]], [index[n] for n in pairs.right[pick]]
     scores = np.einsum("ij,ij->i", emb[li], emb[ri])
@@ -203,7 +220,7 @@ def test_corrupt_or_missing_weights_are_refused_with_their_path(face_zoo, tmp_pa
         load(model, weights)
 
 
-def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, embedded, tmp_path):
+def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, both_paths, tmp_path):
     import grpc
 
     from mapper_service.gen import mapper_pb2 as pb
@@ -227,7 +244,7 @@ def test_service_embed_rpc_through_triton(triton, face_zoo, lfw_images, embedded
                 reply.embeddings.rows, reply.embeddings.dim
             )
             np.testing.assert_allclose(
-                emb[:12], embedded["sface-2021dec-int8bq"][1].embeddings[:12], rtol=0, atol=1e-5
+                emb[:12], both_paths["sface-2021dec-int8bq"][1].embeddings[:12], rtol=0, atol=1e-5
             )
             assert list(reply.failed) == [12] and not emb[12].any()
             with pytest.raises(grpc.RpcError) as info:
