@@ -237,6 +237,7 @@ def test_cli_writes_the_report_and_maps(zoo, tmp_path):
 # -- Triton and the service -------------------------------------------------------------
 
 
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_triton_embeds_as_in_process(zoo, local, sample):
     from mapper.triton.embedding import classifier_embed
 

@@ -205,6 +205,7 @@ def test_each_known_client_has_a_rate(tmp_path, heavy_store):
 
 
 # -- 4. deadlines and cancellation ------------------------------------------------------------------
+@pytest.mark.slow  # long; CI runs it with make test-slow
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 def test_work_stops_when_the_client_gives_up(tmp_path, heavy_store, how):
     srv = start_server(tmp_path, heavy_store, "--max-call-gmacs", "1000")
@@ -227,6 +228,7 @@ def test_work_stops_when_the_client_gives_up(tmp_path, heavy_store, how):
 
 
 # -- 5. memory follows the maps ---------------------------------------------------------------------
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_memory_stays_flat_across_publishes(tmp_path):
     store = tmp_path / "maps.sqlite"
     X, Y = rng.standard_normal((600, 512)), rng.standard_normal((600, 512))
@@ -252,6 +254,7 @@ def test_memory_stays_flat_across_publishes(tmp_path):
 
 
 # -- 6. readiness -----------------------------------------------------------------------------------
+@pytest.mark.slow  # long; CI runs it with make test-slow
 def test_a_replica_is_not_serving_until_its_maps_are_loaded(tmp_path, postgres):
     """PostgreSQL down while a replica starts: it used to report SERVING with 0 maps and
     answer NOT_FOUND. (``postgres`` only for its policy when the binaries are missing; this
