@@ -181,11 +181,12 @@ def select_map(
         translate = max(table, key=lambda r: mean(r, "cosine"))
     recipe = next(r for r in recipes if r.name == recipe_name)
     groups = np.asarray(groups)
-    fit_rows = np.ones(len(groups), bool)
+    held = np.zeros(len(groups), bool)
     if scoring == "snorm" and cohort is not None:
-        fit_rows = ~np.asarray(cohort, bool)
-    stat_rows = ~fit_rows if (~fit_rows).any() else fit_rows
+        held = np.asarray(cohort, bool)
+    fit_rows = ~held
     m = fit_recipe(recipe, X[fit_rows], Y[fit_rows], groups[fit_rows], source_id, target_id)
+    stat_rows = held if held.any() else fit_rows
     attach_scoring(m, scoring, X[stat_rows], Y[stat_rows])
     m.label = "tuned"
     m.fit_info_ = {
@@ -201,8 +202,8 @@ def select_map(
             f"{folds}-fold identity-disjoint CV on the fitting people",
             "cv_tar": table,
             "fit_pairs": int(fit_rows.sum()),
-            "cohort": {"pairs": int((~fit_rows).sum()), "people": int(np.unique(groups[~fit_rows]).size)}
-            if (~fit_rows).any()
+            "cohort": {"pairs": int(held.sum()), "people": int(np.unique(groups[held]).size)}
+            if held.any()
             else None,
             "seconds": round(time.perf_counter() - t0, 3),
         },
