@@ -37,6 +37,9 @@ HELP = {
     "max_inflight_mb": "most MiB of requests and replies admitted and unfinished at once",
     "client_gmacs_per_s": "with --client-tokens-file: each client's sustained rate in G multiply-adds "
     "per second (bursts up to one maximal call)",
+    "client_mb_per_s": "with --client-tokens-file: each client's sustained rate of request bytes in "
+    "MiB per second (bursts up to one maximal message); a client over it is refused before its next "
+    "request is read",
     "stream_idle": "seconds a TranslateStream may wait for its next message before it is closed",
     "max_streams_per_connection": "calls one HTTP/2 connection may have open at once",
     "workers": "threads for large translations and comparisons (0 = one per CPU core); health checks "

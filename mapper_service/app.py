@@ -4,13 +4,15 @@ port, SIGTERM draining and the reload loop. ``__main__`` turns flags into a Serv
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from concurrent import futures
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,10 @@ log = logging.getLogger("mapper.service")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 #: Health entry of the map store: NOT_SERVING while it cannot be read (maps served are the last good).
 STORE_HEALTH = "facemapper.v1.MapStore"
+#: How much lower the compute threads' CPU priority is than the event loop's (Linux nice
+#: levels): bulk work yields the cores to the loop, which answers health checks and small
+#: calls, whenever both want them.
+COMPUTE_NICENESS = 10
 
 
 @dataclass
@@ -59,6 +65,7 @@ class ServiceConfig:
     max_inflight_gmacs: float = 64.0
     max_inflight_mb: int = 1024
     client_gmacs_per_s: float = 8.0
+    client_mb_per_s: float = 64.0
     stream_idle: float = 60.0
     max_streams_per_connection: int = 64
     workers: int = 0
@@ -116,6 +123,7 @@ def check_config(cfg: ServiceConfig) -> None:
         "max_inflight_gmacs",
         "max_inflight_mb",
         "client_gmacs_per_s",
+        "client_mb_per_s",
         "stream_idle",
         "max_streams_per_connection",
         "reload_interval",
@@ -181,7 +189,25 @@ def serve(cfg: ServiceConfig) -> None:
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler], force=True)
     threadpool_limits(cfg.blas_threads, user_api="blas")
+    _reuse_large_buffers()
     asyncio.run(_serve(cfg))
+
+
+def _lower_priority() -> None:
+    """Compute-thread initializer: COMPUTE_NICENESS below the process (Linux sets a nice
+    level per thread; elsewhere nothing changes)."""
+    with suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + COMPUTE_NICENESS)
+
+
+def _reuse_large_buffers() -> None:
+    """glibc maps every allocation over its mmap threshold (at most 32 MiB) afresh and
+    unmaps it when freed, so each large request's buffers cost page faults anew: a 63.5 MiB
+    Compare took 30-55 ms of the event loop to copy and parse, 3.2 ms with its pages reused
+    (measured on 2 cores). Serve them from the heap instead (no-op without glibc)."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
 
 
 def compute_threads(cfg: ServiceConfig) -> int:
@@ -195,6 +221,8 @@ def budgets(cfg: ServiceConfig) -> Budgets:
         inflight_macs=cfg.max_inflight_gmacs * GIGA,
         inflight_bytes=cfg.max_inflight_mb << 20,
         client_macs_per_s=cfg.client_gmacs_per_s * GIGA if cfg.client_tokens_file else None,
+        client_bytes_per_s=cfg.client_mb_per_s * 2**20 if cfg.client_tokens_file else None,
+        client_burst_bytes=cfg.max_message_bytes,
     )
 
 
@@ -229,7 +257,9 @@ async def _serve(cfg: ServiceConfig) -> None:
                 )
             )
         compute = stack.enter_context(
-            futures.ThreadPoolExecutor(compute_threads(cfg), thread_name_prefix="compute")
+            futures.ThreadPoolExecutor(
+                compute_threads(cfg), thread_name_prefix="compute", initializer=_lower_priority
+            )
         )
         servicer = MapperServicer(
             translator,
@@ -275,7 +305,7 @@ def _listening_server(
     (not yet started); SystemExit, naming the address, if it cannot listen."""
     limit = cfg.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(policy)],
+        interceptors=[ServiceInterceptor(policy, servicer.admission)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

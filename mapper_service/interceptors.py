@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mapper.errors import Cancelled, InvalidInput, LimitExceeded, NotFound, TritonModelError, Unavailable
+from mapper.serving.admission import Admission
 
 from . import metrics
 from .gen import mapper_pb2 as pb
@@ -86,9 +87,12 @@ class AdminPolicy:
     def check_client(self, context: grpc.ServicerContext) -> str | None:
         """For every MapperService call, when client tokens are configured: the caller's
         name (``"admin"`` for the admin token), for per-client rate limits."""
+        return self.client_of(_bearer(context))
+
+    def client_of(self, given: str) -> str | None:
+        """:meth:`check_client` of the ``authorization`` metadata's value ``given``."""
         if self.clients is None:
             return None
-        given = _bearer(context)
         if self._admin(given):
             return "admin"
         who = self._client(given)
@@ -152,10 +156,15 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each MapperService handler once (cached by method): client and admin checks,
-    error -> status, request count and latency. Health and reflection pass through."""
+    error -> status, request count and latency. Health and reflection pass through.
 
-    def __init__(self, admin: AdminPolicy | None = None) -> None:
+    With client tokens, a call from an unknown caller or from a client over its byte rate
+    (``admission``) is refused before its request is read: a flood of large requests then
+    costs the server their headers, not their bytes."""
+
+    def __init__(self, admin: AdminPolicy | None = None, admission: Admission | None = None) -> None:
         self.admin = admin or AdminPolicy()
+        self.admission = admission or Admission()
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -165,28 +174,47 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         method = details.method
         wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(details)
-        service, _, name = method.lstrip("/").rpartition("/")
-        if handler is None or service != SERVICE_NAME:
-            return handler
-        # Requests arrive as bytes and are parsed here, so a malformed message is the
-        # client's error (INVALID_ARGUMENT, counted) rather than grpc's INTERNAL and traceback.
-        parse = _parser(name, handler.request_deserializer)
-        if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._unary(name, handler.unary_unary, parse), response_serializer=handler.response_serializer
-            )
-        elif handler.stream_stream is not None:
-            wrapped = grpc.stream_stream_rpc_method_handler(
-                self._stream(name, handler.stream_stream, parse),
-                response_serializer=handler.response_serializer,
-            )
-        else:
-            return handler
-        self._wrapped[method] = wrapped
-        return wrapped
+        if wrapped is None:
+            handler = await continuation(details)
+            service, _, name = method.lstrip("/").rpartition("/")
+            if handler is None or service != SERVICE_NAME:
+                return handler
+            # Requests arrive as bytes and are parsed here, so a malformed message is the
+            # client's error (INVALID_ARGUMENT, counted) rather than grpc's INTERNAL and traceback.
+            parse = _parser(name, handler.request_deserializer)
+            if handler.unary_unary is not None:
+                wrapped = grpc.unary_unary_rpc_method_handler(
+                    self._unary(name, handler.unary_unary, parse),
+                    response_serializer=handler.response_serializer,
+                )
+            elif handler.stream_stream is not None:
+                wrapped = grpc.stream_stream_rpc_method_handler(
+                    self._stream(name, handler.stream_stream, parse),
+                    response_serializer=handler.response_serializer,
+                )
+            else:
+                return handler
+            self._wrapped[method] = wrapped
+        return self._refused_unread(details) or wrapped
+
+    def _refused_unread(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        """With client tokens: a handler that refuses the call without reading its request,
+        if the caller is unknown or over its byte rate; else None."""
+        if self.admin.clients is None:
+            return None
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        try:
+            self.admission.check_rate(self.admin.client_of(given))
+            return None
+        except (Unauthenticated, LimitExceeded) as exc:
+            refusal = exc
+        name = details.method.rpartition("/")[2]
+
+        async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+            await self._fail(name, refusal, context)
+
+        # Request-streaming, so that grpc hands over the call before reading a message.
+        return grpc.stream_unary_rpc_method_handler(refuse)
 
     async def _fail(
         self, name: str, exc: Exception, context: grpc.aio.ServicerContext, prefix: str = ""
@@ -218,7 +246,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             t0 = time.perf_counter()
             request = None
             try:
-                CLIENT.set(self.admin.check_client(context))
+                client = self.admin.check_client(context)
+                CLIENT.set(client)
+                self.admission.charge_bytes(client, len(raw))
                 request = parse(raw)
                 if admin:
                     self.admin.check(context)
@@ -246,10 +276,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             t0 = time.perf_counter()
             count = 0
             try:
-                CLIENT.set(self.admin.check_client(context))
+                client = self.admin.check_client(context)
+                CLIENT.set(client)
 
                 async def parsed() -> AsyncIterator[Any]:
                     async for raw in requests:
+                        self.admission.charge_bytes(client, len(raw))
                         yield parse(raw)
 
                 async for reply in behaviour(parsed(), context):

@@ -11,7 +11,12 @@ budgets bound what callers can make a server do:
 - per client (when clients are known by their tokens): a token bucket refilled at
   ``client_macs_per_s``, holding at most one maximal call, so no client takes more than
   its share over time. Each call also costs ``CALL_MACS`` there, so floods of tiny calls
-  count too.
+  count too;
+- per client, bytes: receiving and parsing a request costs the server before its cost is
+  known (about 1 ms of the event loop per MiB), refused or not. Each request's bytes are
+  charged to a second bucket, refilled at ``client_bytes_per_s`` and holding one maximal
+  message; while it is in debt, the client's calls are refused by :meth:`Admission.check_rate`
+  before their requests are read, so no client floods the server with large requests.
 
 Refusals are :class:`~mapper.errors.LimitExceeded` (RESOURCE_EXHAUSTED over gRPC).
 """
@@ -39,12 +44,19 @@ class Budgets:
     inflight_macs: float = 64 * GIGA
     inflight_bytes: int = 1 << 30
     client_macs_per_s: float | None = None
+    client_bytes_per_s: float | None = None
+    client_burst_bytes: int = 64 << 20
 
 
 @dataclass
 class _Bucket:
     level: float
     at: float
+
+    def refill(self, now: float, rate: float, capacity: float) -> float:
+        self.level = min(capacity, self.level + (now - self.at) * rate)
+        self.at = now
+        return self.level
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Admission:
         self.inflight_macs = 0.0
         self.inflight_bytes = 0
         self._buckets: dict[str, _Bucket] = {}
+        self._byte_buckets: dict[str, _Bucket] = {}
 
     def admit(
         self, macs: float, nbytes: int, *, client: str | None = None, what: str = "this call"
@@ -118,12 +131,38 @@ class Admission:
         capacity = self.budgets.call_macs + CALL_MACS
         now = self._clock()
         bucket = self._buckets.setdefault(client, _Bucket(capacity, now))
-        bucket.level = min(capacity, bucket.level + (now - bucket.at) * rate)
-        bucket.at = now
-        if bucket.level < macs:
+        if bucket.refill(now, rate, capacity) < macs:
             wait = (macs - bucket.level) / rate
             raise LimitExceeded(
                 f"client {client!r} is over its rate of {rate / GIGA:.2f} G multiply-adds per second; "
                 f"retry in {wait:.2f} s"
             )
         bucket.level -= macs
+
+    def _byte_bucket(self, client: str, rate: float) -> _Bucket:
+        capacity, now = self.budgets.client_burst_bytes, self._clock()
+        bucket = self._byte_buckets.setdefault(client, _Bucket(capacity, now))
+        bucket.refill(now, rate, capacity)
+        return bucket
+
+    def check_rate(self, client: str | None) -> None:
+        """Before a call's request is read: :class:`LimitExceeded` while ``client`` owes
+        bytes, having sent more than its byte rate allows."""
+        rate = self.budgets.client_bytes_per_s
+        if client is None or rate is None:
+            return
+        with self._lock:
+            level = self._byte_bucket(client, rate).level
+        if level < 0:
+            raise LimitExceeded(
+                f"client {client!r} sent more than its {rate / 2**20:.0f} MiB/s of requests; "
+                f"retry in {-level / rate:.2f} s"
+            )
+
+    def charge_bytes(self, client: str | None, nbytes: int) -> None:
+        """Charge a request's ``nbytes`` to ``client`` once read (its bucket may go into debt)."""
+        rate = self.budgets.client_bytes_per_s
+        if client is None or rate is None:
+            return
+        with self._lock:
+            self._byte_bucket(client, rate).level -= nbytes
