@@ -184,17 +184,19 @@ def test_calls_are_admitted_by_cost_before_any_work(tmp_path, heavy_store):
     srv.stop()
 
 
+BULK, GATE = "bulk-token-0123456789abcdef", "gate-token-0123456789abcdef"
+
+
+def serve_two_clients(tmp_path: Path, store: Path, *flags: str):
+    """A server of known clients only: 'bulk' and 'gate', with tokens BULK and GATE."""
+    (tmp_path / "clients").write_text(f"gate {GATE}\nbulk {BULK}\n")
+    return start_server(tmp_path, store, "--client-tokens-file", str(tmp_path / "clients"), *flags)
+
+
 def test_each_known_client_has_a_rate(tmp_path, heavy_store):
-    (tmp_path / "clients").write_text("gate gate-token-0123456789abcdef\nbulk bulk-token-0123456789abcdef\n")
-    srv = start_server(
-        tmp_path, heavy_store, "--client-tokens-file", str(tmp_path / "clients"),
-        "--client-gmacs-per-s", "0.5", "--max-call-gmacs", "2",
-    )  # fmt: skip
+    srv = serve_two_clients(tmp_path, heavy_store, "--client-gmacs-per-s", "0.5", "--max-call-gmacs", "2")
     x = rng.standard_normal((3000, D)).astype(np.float32)  # ~1.7 G multiply-adds a call
-    with (
-        srv.client(token="bulk-token-0123456789abcdef") as bulk,
-        srv.client(token="gate-token-0123456789abcdef") as gate,
-    ):
+    with srv.client(token=BULK) as bulk, srv.client(token=GATE) as gate:
         bulk.compare(x, "a", x, "b")  # the burst: at most one maximal call
         with pytest.raises(grpc.RpcError) as err:
             bulk.compare(x, "a", x, "b")
@@ -209,17 +211,13 @@ def test_a_client_over_its_byte_rate_is_refused_before_its_request_is_read(tmp_p
     # known, refused or not: a client that sends more than its bytes per second is refused
     # at the headers. Shown by a request over the message limit: read, it would get grpc's
     # own "larger than max" error; refused unread, it gets the rate's.
-    (tmp_path / "clients").write_text("gate gate-token-0123456789abcdef\nbulk bulk-token-0123456789abcdef\n")
-    srv = start_server(
-        tmp_path, heavy_store, "--client-tokens-file", str(tmp_path / "clients"),
-        "--client-mb-per-s", "1", "--max-message-mb", "4",
-    )  # fmt: skip
+    srv = serve_two_clients(tmp_path, heavy_store, "--client-mb-per-s", "1", "--max-message-mb", "4")
     x = rng.standard_normal((5000, D)).astype(np.float32)  # 2.4 MiB a request
     big = convert.from_array(rng.standard_normal((10_000, D)).astype(np.float32))  # 4.9 MiB
     options = [("grpc.max_send_message_length", 64 << 20)]
     with (
-        srv.client(token="bulk-token-0123456789abcdef") as bulk,
-        srv.client(token="gate-token-0123456789abcdef") as gate,
+        srv.client(token=BULK) as bulk,
+        srv.client(token=GATE) as gate,
         grpc.insecure_channel(srv.address, options=options) as ch,
     ):
         bulk.translate(x, "a", "b")  # within the burst of one maximal message (4 MiB)
@@ -227,7 +225,7 @@ def test_a_client_over_its_byte_rate_is_refused_before_its_request_is_read(tmp_p
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.MapperServiceStub(ch).Translate(
                 pb.TranslateRequest(source_model="a", target_model="b", embeddings=big),
-                metadata=[("authorization", "Bearer bulk-token-0123456789abcdef")],
+                metadata=[("authorization", f"Bearer {BULK}")],
                 timeout=10,
             )
         assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
