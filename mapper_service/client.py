@@ -121,6 +121,7 @@ class MapperClient:
             same=np.asarray(reply.same, bool) if far > 0 else None,
             threshold=reply.threshold if far > 0 else None,
             scoring=reply.scoring or "cosine",
+            reverse_map=convert.ref_from_pb(reply.reverse_map) if reply.reverse_map.map_id else None,
         )
 
     def list_models(self) -> dict[str, int]:

@@ -178,6 +178,8 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         reply = pb.CompareResponse(space=result.space, scores=result.scores.tolist(), scoring=result.scoring)
         if result.map is not None:
             reply.map.CopyFrom(convert.ref_to_pb(result.map))
+        if result.reverse_map is not None:
+            reply.reverse_map.CopyFrom(convert.ref_to_pb(result.reverse_map))
             metrics.translated(model_a, model_b).inc(len(result.scores))
         if result.same is not None:
             reply.threshold = result.threshold

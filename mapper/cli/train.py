@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from mapper import __version__
-from mapper.core import mapfile
+from mapper.core import mapfile, twoway
 from mapper.core.calibration import Calibration
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import TRAINABLE
 from mapper.core.maps import EmbeddingMap
+from mapper.core.twoway import reverse_of
 from mapper.datasets.face_zoo import choose_images, identity_of, identity_split, lfw_images_dir
 from mapper.datasets.gallery import read_gallery
 from mapper.errors import InvalidInput
@@ -84,6 +85,7 @@ from mapper.eval.thresholds import (
 )
 from mapper.faces import registry
 from mapper.faces.cache import EmbeddingCache, embed_images
+from mapper.serving.catalog import map_id_of
 from mapper.triton.embedding import face_embedder
 
 Log = Callable[[str], None]
@@ -608,15 +610,20 @@ def studies(cfg: TrainConfig, data: Split, ev: Evaluation, maps: dict, out: Path
 
 def calibrate_maps(
     pairs: Pairs, maps: dict, cohort: np.ndarray | None
-) -> dict[tuple[str, str, str], Calibration]:
-    """{(A, B, kind): Compare's thresholds} from out-of-fold scores of the fitting pairs,
-    ``cohort`` their rows set aside as S-norm's (hub legs are served through the hub space,
-    which makes no decisions)."""
-    return {
-        (a, b, kind): calibrate(m, *pairs.xy(a, b), pairs.groups, cohort=cohort)
-        for (a, b, kind), m in maps.items()
-        if kind != "hub"
-    }
+) -> tuple[dict[tuple[str, str, str], Calibration], dict[tuple[str, str, str], Calibration]]:
+    """({(A, B, kind): Compare's thresholds}, {(A, B, kind): its thresholds scored both ways
+    with the B -> A map, for the kinds scored so}) from out-of-fold scores of the fitting
+    pairs, ``cohort`` their rows set aside as S-norm's (hub legs are served through the hub
+    space, which makes no decisions)."""
+    one_way, two_way = {}, {}
+    for (a, b, kind), m in maps.items():
+        if kind == "hub":
+            continue
+        one_way[a, b, kind] = calibrate(m, *pairs.xy(a, b), pairs.groups, cohort=cohort)
+        reverse = reverse_of(maps, a, b, kind)
+        if reverse is not None:
+            two_way[a, b, kind] = calibrate(m, *pairs.xy(a, b), pairs.groups, cohort=cohort, reverse=reverse)
+    return one_way, two_way
 
 
 def map_files(
@@ -624,23 +631,29 @@ def map_files(
     hub: CanonicalSpace | None,
     calibrations: dict[tuple[str, str, str], Calibration],
     provenance: dict[str, Any],
+    two_way: dict[tuple[str, str, str], Calibration] | None = None,
 ) -> dict[str, bytes]:
-    """{file name: map-file bytes}, each direct map with its calibration; serialised once,
-    then written and published as is."""
+    """{file name: map-file bytes}, each direct map with its calibration (and its two-way
+    thresholds, naming the reverse map's fingerprint); serialised once, then written and
+    published as is."""
     files = {}
     for (a, b, kind), m in maps.items():
         if (a, b, kind) not in calibrations:
             continue
         calibration = calibrations[a, b, kind]
-        files[f"{a}__{b}.{kind}.safetensors"] = mapfile.dumps(
-            m,
-            {
-                **provenance,
-                calibration.PROVENANCE_KEY: calibration.to_dict(),
-                "calibration_method": f"out-of-fold scores, {CALIBRATION_FOLDS} identity-disjoint folds "
-                "of the fitting people",
-            },
-        )
+        record = {
+            **provenance,
+            calibration.PROVENANCE_KEY: calibration.to_dict(),
+            "calibration_method": f"out-of-fold scores, {CALIBRATION_FOLDS} identity-disjoint folds "
+            "of the fitting people",
+        }
+        if two_way and (a, b, kind) in two_way:
+            record[twoway.KEY] = {
+                "reverse_id": map_id_of(maps[b, a, kind]),
+                "reverse": mapfile.fingerprint(maps[b, a, kind]),
+                "thresholds": two_way[a, b, kind].to_dict(),
+            }
+        files[f"{a}__{b}.{kind}.safetensors"] = mapfile.dumps(m, record)
     if hub is not None:
         files["hub.safetensors"] = mapfile.dumps(hub, provenance)
     return files
@@ -654,7 +667,9 @@ def far_section(check: dict) -> str:
         "whom no map saw. Ratio = measured FAR / promised FAR (1 is exact). `<kind>:translate`: "
         "Translate's output under a plain cosine at the target model's own thresholds (set on "
         "the fitting people), what a vendor's matcher does with a migrated gallery; `native`: "
-        "the target's own templates at those thresholds.\n\n" + far_table(check)
+        "the target's own templates at those thresholds. Tuned maps are scored both ways, with the "
+        "reverse map, at their two-way thresholds (what Compare does when both are served); "
+        "`<kind>:one-way` is the same maps scored one way at their one-way thresholds.\n\n" + far_table(check)
     )
 
 
@@ -859,13 +874,13 @@ def main(argv: list[str] | None = None) -> int:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"mapper": __version__, "python": platform.python_version(), "numpy": np.__version__},
     }
-    calibrations = calibrate_maps(run.pairs, run.maps, cohort_of(cfg, run.pairs))
+    calibrations, two_way = calibrate_maps(run.pairs, run.maps, cohort_of(cfg, run.pairs))
     sections, extra = run.sections, run.extra
     if run.far_check is not None:
-        check = run.far_check(calibrations)
+        check = run.far_check(calibrations, two_way=two_way)
         sections.append(("Decisions at the promised FAR, on people never seen", far_section(check)))
         extra["far_check"] = check
-    files = map_files(run.maps, run.hub, calibrations, provenance)
+    files = map_files(run.maps, run.hub, calibrations, provenance, two_way)
     write(out, files)
     published = publish(cfg, list(files.values()), log) if cfg.store or cfg.publish else []
 

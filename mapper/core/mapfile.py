@@ -43,6 +43,14 @@ def _checksum(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def fingerprint(m: EmbeddingMap) -> str:
+    """sha256 of a map's class, models and every parameter tensor: what it computes, not
+    when or with what provenance it was saved. A file names the reverse map its two-way
+    thresholds were calibrated with by it (see :mod:`mapper.core.twoway`)."""
+    tensors = {k: np.ascontiguousarray(t) for k, t in m._state_tensors().items()}
+    return _checksum({"class": m.kind, "source": m.source_id, "target": m.target_id}, tensors)
+
+
 def _map_entry(m: EmbeddingMap, prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     names = []
     for name, t in m._state_tensors().items():

@@ -7,7 +7,8 @@ is their cosine. Kinds: ``none`` (no map: chance, both truncated to the smaller 
 ``tuned`` (chosen per pair by cross-validation on the fitting people); the diagonal holds
 native A/A verification. A kind ``K:compare`` evaluates kind K's maps scored as their map
 files record (what Compare does) instead of by a plain cosine (what a matcher does with
-Translate's output).
+Translate's output); tuned maps are scored both ways there, as Compare scores them
+(:mod:`mapper.core.twoway`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from tqdm import tqdm
 from mapper.core.hub import CanonicalSpace
 from mapper.core.kinds import DIRECT
 from mapper.core.maps import EmbeddingMap
+from mapper.core.twoway import reverse_of
 from mapper.core.validation import FitError, l2_normalize
 from mapper.eval.metrics import evaluate
 from mapper.eval.pairing import Pairs
 from mapper.eval.protocols import VerificationProtocol, cross_gallery_pairs
 from mapper.eval.selection import select_map
-from mapper.eval.templates import pair_scores, pool_templates
+from mapper.eval.templates import compare_scores, pair_scores, pool_templates
 
 SUMMARY_FARS = (1e-2, 1e-3, 1e-4)
 
@@ -163,9 +165,11 @@ def cross_model_eval(
     native = {m: templates(embeddings[m])[1] for m in models}
 
     def score(
-        A: np.ndarray, B: np.ndarray, m: EmbeddingMap | None = None
+        A: np.ndarray, B: np.ndarray, m: EmbeddingMap | None = None, back: tuple | None = None
     ) -> tuple[dict[float, float], float, np.ndarray]:
         s = pair_scores(A, B, i, j, matrix=m.score_matrix if m is not None else None)
+        if back is not None:  # (B's templates mapped into A's space, A's own, the B -> A map)
+            s = (s + pair_scores(back[0], back[1], j, i, matrix=back[2].score_matrix)) / 2
         v = evaluate(s, protocol.labels, fars, convention=convention, curve_fars=CURVE_FARS)
         return v.tar, v.auc, v.curve
 
@@ -184,15 +188,19 @@ def cross_model_eval(
                 res.auc[kd][a, a] = auc
             res.curves[A, A, "native"] = curve
             continue
-        m = None
+        m = back = None
         if kind == "none":
             d = min(native[A].shape[1], native[B].shape[1])
             side_a, side_b = native[A][:, :d], native[B][:, :d]
         else:
             mapping = maps[A, B, Scored(kind).map_kind]
             side_a, side_b = templates(mapping.transform(embeddings[A]))[1], native[B]
-            m = mapping if Scored(kind).compares else None
-        tar, auc, curve = score(side_a, side_b, m)
+            if Scored(kind).compares:
+                m = mapping
+                reverse = reverse_of(maps, A, B, Scored(kind).map_kind)
+                if reverse is not None:
+                    back = (templates(reverse.transform(embeddings[B]))[1], native[A], reverse)
+        tar, auc, curve = score(side_a, side_b, m, back)
         for f in fars:
             res.tar[kind][f][a, b] = tar[f]
         res.auc[kind][a, b] = auc
@@ -249,7 +257,10 @@ def gallery_eval(
                     s = pair_scores(l2_normalize(x[:, :d]), l2_normalize(y[:, :d]), i, j)
                 else:
                     m = maps[A, B, Scored(kind).map_kind]
-                    matrix = m.score_matrix if Scored(kind).compares else None
-                    s = pair_scores(l2_normalize(m.transform(x)), l2_normalize(y), i, j, matrix=matrix)
+                    if Scored(kind).compares:
+                        reverse = reverse_of(maps, A, B, Scored(kind).map_kind)
+                        s = compare_scores(m, x, y, i, j, reverse)
+                    else:
+                        s = pair_scores(l2_normalize(m.transform(x)), l2_normalize(y), i, j)
                 record(a, b, kind, s, same)
     return res

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mapper.core.maps import EmbeddingMap
 from mapper.core.validation import check_embeddings, l2_normalize
 from mapper.errors import InvalidInput
 
@@ -86,3 +87,21 @@ def pair_scores(
         gram = rows @ BT if matrix is None else matrix(rows, B)
         out[sel] = gram[i[sel] - b * block, j[sel]]
     return out
+
+
+def compare_scores(
+    m: EmbeddingMap,
+    x: np.ndarray,
+    y: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    reverse: EmbeddingMap | None = None,
+) -> np.ndarray:
+    """Compare's scores of the pairs (x[i[k]] of model A, y[j[k]] of model B): ``m``'s
+    (A -> B) scoring in B's space; with ``reverse`` (B -> A), both ways
+    (:mod:`mapper.core.twoway`). x: (n_a, d_A), y: (n_b, d_B) templates."""
+    s = pair_scores(l2_normalize(m.transform(x)), l2_normalize(y), i, j, matrix=m.score_matrix)
+    if reverse is not None:
+        back = l2_normalize(reverse.transform(y))
+        s = (s + pair_scores(back, l2_normalize(x), j, i, matrix=reverse.score_matrix)) / 2
+    return s

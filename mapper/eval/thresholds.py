@@ -12,6 +12,7 @@ and the thresholds are read off all folds' impostor scores together.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.base import clone
@@ -20,10 +21,11 @@ from sklearn.model_selection import GroupKFold
 from mapper.core.calibration import Calibration, far_key
 from mapper.core.maps import EmbeddingMap
 from mapper.core.scoring import COSINE
+from mapper.core.twoway import reverse_of, two_way_matrix
 from mapper.eval.metrics import STANDARD_FARS, tar_at_far_strict
 from mapper.eval.protocols import cross_gallery_pairs
 from mapper.eval.selection import attach_scoring
-from mapper.eval.templates import pair_scores
+from mapper.eval.templates import compare_scores, pair_scores
 
 #: Identity-disjoint folds of the out-of-fold calibration.
 CALIBRATION_FOLDS = 3
@@ -55,10 +57,15 @@ def out_of_fold_scores(
     ids: np.ndarray,
     folds: int = CALIBRATION_FOLDS,
     statistics: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    reverse: EmbeddingMap | None = None,
+    reverse_statistics: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) scores of all pairs within each held-out fold, each scored by a
     copy of ``m`` fitted on the other folds (row i's A side mapped against row j's B side,
-    i < j, scored as ``m`` records, its statistics from ``statistics`` if given).
+    i < j, scored as ``m`` records, its statistics from ``statistics`` if given). With
+    ``reverse`` (the B -> A map), scored both ways (:mod:`mapper.core.twoway`) by copies
+    of both, the reverse copy's statistics from ``reverse_statistics`` (B side first).
 
     x_src: (n, d_A), x_dst: (n, d_B): n fitting pairs, row i of both of person ids[i]
     (one photo, or two photos of that person).
@@ -66,8 +73,14 @@ def out_of_fold_scores(
     genuine, impostor = [], []
     for train, val in GroupKFold(n_splits=folds).split(x_src, groups=ids):
         fold = refit_like(m, x_src[train], x_dst[train], ids[train], statistics)
+        a, b = x_src[val], x_dst[val]
+        if reverse is None:
+            matrix = fold.score_matrix(fold.transform(a), b)
+        else:
+            back = refit_like(reverse, x_dst[train], x_src[train], ids[train], reverse_statistics)
+            matrix = two_way_matrix(fold, back, a, b)
         iu = np.triu_indices(len(val), 1)
-        scores = fold.score_matrix(fold.transform(x_src[val]), x_dst[val])[iu]
+        scores = matrix[iu]
         same = (ids[val][:, None] == ids[val][None, :])[iu]
         genuine.append(scores[same])
         impostor.append(scores[~same])
@@ -86,6 +99,10 @@ def thresholds(genuine: np.ndarray, impostor: np.ndarray) -> Calibration:
     )
 
 
+def _uses_cohort(m: EmbeddingMap) -> bool:
+    return bool((m.fit_info_.get("selection") or {}).get("cohort"))
+
+
 def calibrate(
     m: EmbeddingMap,
     x_src: np.ndarray,
@@ -93,21 +110,31 @@ def calibrate(
     ids: np.ndarray,
     folds: int = CALIBRATION_FOLDS,
     cohort: np.ndarray | None = None,
+    *,
+    reverse: EmbeddingMap | None = None,
 ) -> Calibration:
     """Thresholds for Compare from :func:`out_of_fold_scores` of the fitting pairs
     (x_src: (n, d_A), x_dst: (n, d_B), ids: (n,)); a file records how they were made.
+    With ``reverse`` (the B -> A map): thresholds for scoring both ways.
 
-    ``cohort`` ((n,) bool): the rows set aside as S-norm's cohort. When ``m``'s statistics
+    ``cohort`` ((n,) bool): the rows set aside as S-norm's cohort. When a map's statistics
     came from them (its selection records a cohort), each fold's copy takes its statistics
     from them too, as noisy as the map's own, and they are not scored.
     """
-    statistics = None
-    if cohort is not None and (m.fit_info_.get("selection") or {}).get("cohort"):
-        statistics = (x_src[cohort], x_dst[cohort])
+    statistics = reverse_statistics = None
+    if cohort is not None and (_uses_cohort(m) or (reverse is not None and _uses_cohort(reverse))):
+        if _uses_cohort(m):
+            statistics = (x_src[cohort], x_dst[cohort])
+        if reverse is not None and _uses_cohort(reverse):
+            reverse_statistics = (x_dst[cohort], x_src[cohort])
         x_src, x_dst, ids = x_src[~cohort], x_dst[~cohort], ids[~cohort]
     if np.unique(ids).size < folds:
         return Calibration({})  # too few people to calibrate on anyone unseen: no decisions
-    return thresholds(*out_of_fold_scores(m, x_src, x_dst, ids, folds, statistics))
+    return thresholds(
+        *out_of_fold_scores(
+            m, x_src, x_dst, ids, folds, statistics, reverse=reverse, reverse_statistics=reverse_statistics
+        )
+    )
 
 
 def native_thresholds(
@@ -135,31 +162,22 @@ def far_check(
     native: dict[str, Calibration],
     emb: dict[str, np.ndarray],
     ids: np.ndarray,
+    two_way: dict[tuple[str, str, str], Calibration] | None = None,
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """Promised against measured FAR on people the maps never saw: all pairs (i < j) of the
     evaluation images ``emb`` ({model: (n, d)}) of people ``ids`` (n,).
 
     Returns {use: {"A->B": {FAR key: measured FAR}}} for ``"<kind>"`` (Compare: the map's
-    scoring at its calibrated thresholds), ``"<kind>:translate"`` (Translate's output under
-    a plain cosine at B's ``native`` thresholds) and ``"native"`` (B's own templates at
-    those thresholds: how far the people alone move a FAR).
+    scoring at its calibrated thresholds; both ways at ``two_way``'s thresholds where it
+    has the pair, as Compare does then, and one way as ``"<kind>:one-way"``),
+    ``"<kind>:translate"`` (Translate's output under a plain cosine at B's ``native``
+    thresholds) and ``"native"`` (B's own templates at those thresholds: how far the
+    people alone move a FAR).
     """
-    iu = np.triu_indices(len(ids), 1)
-    same = (ids[:, None] == ids[None, :])[iu]
-    out: dict[str, dict[str, dict[str, float]]] = {"native": {}}
-    for b, cal in native.items():
-        out["native"][b] = measured_far(COSINE.matrix(emb[b], emb[b])[iu], same, cal)
-    for (a, b, kind), m in maps.items():
-        if (a, b, kind) not in calibrations:
-            continue
-        mapped = m.transform(emb[a])
-        pair = f"{a}->{b}"
-        scores = m.score_matrix(mapped, emb[b])[iu]
-        out.setdefault(kind, {})[pair] = measured_far(scores, same, calibrations[a, b, kind])
-        if b in native:
-            plain = COSINE.matrix(mapped, emb[b])[iu]
-            out.setdefault(f"{kind}:translate", {})[pair] = measured_far(plain, same, native[b])
-    return out
+    i, j = np.triu_indices(len(ids), 1)
+    same = ids[i] == ids[j]
+    galleries = {m: (x, ids) for m, x in emb.items()}
+    return _far_check(maps, calibrations, native, two_way or {}, galleries, lambda a, b: (i, j, same))
 
 
 def gallery_far_check(
@@ -167,6 +185,7 @@ def gallery_far_check(
     calibrations: dict[tuple[str, str, str], Calibration],
     native: dict[str, Calibration],
     galleries: dict[str, tuple[np.ndarray, np.ndarray]],
+    two_way: dict[tuple[str, str, str], Calibration] | None = None,
     *,
     max_impostors: int = 10_000_000,
     seed: int = 0,
@@ -176,22 +195,43 @@ def gallery_far_check(
     B templates; ``native`` scores pairs within B's gallery; impostor pairs beyond
     ``max_impostors`` are a seeded sample."""
     rng = np.random.default_rng(seed)
+
+    def pairs(a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        other = () if a == b else (galleries[b][1],)
+        return cross_gallery_pairs(galleries[a][1], *other, max_impostors=max_impostors, rng=rng)
+
+    return _far_check(maps, calibrations, native, two_way or {}, galleries, pairs)
+
+
+def _far_check(
+    maps: dict[tuple[str, str, str], EmbeddingMap],
+    calibrations: dict[tuple[str, str, str], Calibration],
+    native: dict[str, Calibration],
+    two_way: dict[tuple[str, str, str], Calibration],
+    galleries: dict[str, tuple[np.ndarray, np.ndarray]],
+    pairs: Callable[[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {"native": {}}
     for b, cal in native.items():
-        x, ids = galleries[b]
-        i, j, same = cross_gallery_pairs(ids, max_impostors=max_impostors, rng=rng)
+        x = galleries[b][0]
+        i, j, same = pairs(b, b)
         out["native"][b] = measured_far(pair_scores(x, x, i, j, matrix=COSINE.matrix), same, cal)
     for (a, b, kind), m in maps.items():
         if (a, b, kind) not in calibrations:
             continue
-        (x, ids_a), (y, ids_b) = galleries[a], galleries[b]
-        i, j, same = cross_gallery_pairs(ids_a, ids_b, max_impostors=max_impostors, rng=rng)
-        mapped = m.transform(x)
+        x, y = galleries[a][0], galleries[b][0]
+        i, j, same = pairs(a, b)
         pair = f"{a}->{b}"
-        compare = pair_scores(mapped, y, i, j, matrix=m.score_matrix)
-        out.setdefault(kind, {})[pair] = measured_far(compare, same, calibrations[a, b, kind])
+        one_way = compare_scores(m, x, y, i, j)
+        reverse = reverse_of(maps, a, b, kind)
+        compare = kind
+        if reverse is not None and (a, b, kind) in two_way:
+            both = compare_scores(m, x, y, i, j, reverse)
+            out.setdefault(kind, {})[pair] = measured_far(both, same, two_way[a, b, kind])
+            compare = f"{kind}:one-way"
+        out.setdefault(compare, {})[pair] = measured_far(one_way, same, calibrations[a, b, kind])
         if b in native:
-            plain = pair_scores(mapped, y, i, j, matrix=COSINE.matrix)
+            plain = pair_scores(m.transform(x), y, i, j, matrix=COSINE.matrix)
             out.setdefault(f"{kind}:translate", {})[pair] = measured_far(plain, same, native[b])
     return out
 

@@ -12,12 +12,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from mapper.core import mapfile
+from mapper.core import mapfile, twoway
 from mapper.core.calibration import Calibration
 from mapper.core.mapfile import MapObject
 from mapper.core.maps import EmbeddingMap
@@ -38,8 +38,33 @@ class Comparison:
     space: str
     map: MapRef | None = None  # the map that brought A into B's space (None: same model)
     scoring: str = "cosine"  # how the map file says to score (see mapper.core.scoring)
+    reverse_map: MapRef | None = None  # the B -> A map, when scored both ways (mapper.core.twoway)
     threshold: float | None = None
     same: np.ndarray | None = None  # (n,) bool, when a FAR was given
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a served map's file decides Compare with: its thresholds, and its two-way
+    thresholds with the id and :func:`~mapper.core.mapfile.fingerprint` of the reverse map
+    they were calibrated with; ``fingerprint`` is the map's own."""
+
+    one_way: Calibration = field(default_factory=Calibration)
+    two_way: Calibration | None = None
+    reverse_id: str | None = None
+    reverse: str | None = None
+    fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, obj: MapObject, metadata: dict) -> Decisions:
+        record = metadata.get("provenance", {}).get(twoway.KEY) or {}
+        return cls(
+            Calibration.from_metadata(metadata),
+            Calibration(record["thresholds"]) if record else None,
+            record.get("reverse_id"),
+            record.get("reverse"),
+            mapfile.fingerprint(obj) if isinstance(obj, EmbeddingMap) else None,
+        )
 
 
 #: Multiply-adds per row block: work is done block by block, so a cancelled call or one
@@ -127,7 +152,7 @@ class Translator:
         self._on_store_error = on_store_error or (lambda: None)
         self._on_store_state = on_store_state or (lambda ok: None)
         # One reference, so a reader always sees a catalog with its own calibrations.
-        self._served: tuple[Catalog, dict[str, Calibration]] = (Catalog(), {})
+        self._served: tuple[Catalog, dict[str, Decisions]] = (Catalog(), {})
         self._generation = -1
         self._reload_lock = threading.Lock()
         self.ready = False
@@ -168,7 +193,7 @@ class Translator:
                 generation = store.generation()
                 if generation == self._generation and not force:
                     return False
-                entries, calibrations = self._load(store.list())
+                entries, decisions = self._load(store.list())
             except Exception as e:
                 self._on_store_state(False)
                 self._on_store_error()
@@ -180,35 +205,50 @@ class Translator:
                     log.exception("store read failed; still serving %d maps", len(self.catalog))
                 return False
             self._on_store_state(True)
-            self._served = (Catalog(entries), calibrations)
+            self._served = (Catalog(entries), decisions)
             self._generation = generation
             self.ready = True
             self._on_reload(self.catalog, generation)
             log.info("maps loaded: generation %d, %d maps", generation, len(entries))
             return True
 
-    def _load(self, active: list[StoredMap]) -> tuple[list[tuple[MapRef, MapObject]], dict[str, Calibration]]:
-        old = self.catalog
-        entries, calibrations = [], {}
+    def _load(self, active: list[StoredMap]) -> tuple[list[tuple[MapRef, MapObject]], dict[str, Decisions]]:
+        old, old_decisions = self._served
+        entries, decisions = [], {}
         for m in active:
             kept = old.entry(m.ref.map_id)
             if kept is not None and kept[0] == m.ref:
                 entries.append(kept)
-            else:
-                data = self.store.get(m.ref.map_id, m.ref.version).data or b""  # store errors abort
-                try:
-                    entries.append((m.ref, mapfile.loads(data, m.ref.map_id)))
-                except MapFileError:
-                    self._on_store_error()
-                    log.exception("skipping unreadable stored map %s v%d", m.ref.map_id, m.ref.version)
-                    continue
-            calibrations[m.ref.map_id] = Calibration.from_metadata(m.metadata)
-        return entries, calibrations
+                decisions[m.ref.map_id] = old_decisions[m.ref.map_id]
+                continue
+            data = self.store.get(m.ref.map_id, m.ref.version).data or b""  # store errors abort
+            try:
+                obj = mapfile.loads(data, m.ref.map_id)
+            except MapFileError:
+                self._on_store_error()
+                log.exception("skipping unreadable stored map %s v%d", m.ref.map_id, m.ref.version)
+                continue
+            entries.append((m.ref, obj))
+            decisions[m.ref.map_id] = Decisions.of(obj, m.metadata)
+        return entries, decisions
 
-    def _served_now(self) -> tuple[Catalog, dict[str, Calibration]]:
+    def _served_now(self) -> tuple[Catalog, dict[str, Decisions]]:
         if not self.ready:
             raise Unavailable(f"this server is not ready: {self.not_ready_reason}; it retries")
         return self._served
+
+    @staticmethod
+    def _reverse(
+        catalog: Catalog, decisions: dict[str, Decisions], m: MapRef
+    ) -> tuple[EmbeddingMap, MapRef] | None:
+        """The served reverse map that ``m``'s two-way thresholds were calibrated with, if
+        it is served: that very map (same fingerprint), not merely one between the same models."""
+        d = decisions[m.map_id]
+        entry = catalog.entry(d.reverse_id) if d.reverse_id and d.two_way is not None else None
+        if entry is None or decisions[entry[0].map_id].fingerprint != d.reverse:
+            return None
+        reverse, ref = entry[1], entry[0]
+        return (reverse, ref) if isinstance(reverse, EmbeddingMap) else None
 
     # -- requests ----------------------------------------------------------------------------
     def check_rows(self, rows: int, name: str) -> None:
@@ -225,11 +265,13 @@ class Translator:
     def compare_cost(self, model_a: str, model_b: str, kind: str, rows: int) -> Cost:
         """What comparing ``rows`` row pairs would cost."""
         self.check_rows(rows, "a")
-        catalog = self._served_now()[0]
+        catalog, decisions = self._served_now()
         if model_a == model_b:
             per_row = 2 * catalog.models().get(model_a, 0)
         else:
-            per_row = macs_per_row(catalog.resolve(model_a, model_b, kind)[0])
+            m, ref = catalog.resolve(model_a, model_b, kind)
+            reverse = self._reverse(catalog, decisions, ref)
+            per_row = macs_per_row(m) + (macs_per_row(reverse[0]) if reverse else 0)
         return Cost(rows, rows * per_row, 5 * rows)
 
     def translate_job(
@@ -270,14 +312,15 @@ class Translator:
         far: float = 0.0,
     ) -> Job[Comparison]:
         """A job scoring row i of ``a`` (model A) against row i of ``b`` (model B), in B's
-        space: a cosine, or the scoring the map file records (centred, S-norm). Its result is
-        a :class:`Comparison`; with ``far`` > 0 the map's calibrated threshold at that FAR
-        decides ``same``."""
+        space: a cosine, or the scoring the map file records (centred, S-norm), both ways
+        when the file has two-way thresholds and the reverse map they name is served
+        (:mod:`mapper.core.twoway`). Its result is a :class:`Comparison`; with ``far`` > 0
+        the calibrated threshold at that FAR decides ``same``."""
         self.check_rows(a.shape[0], "a")
         self.check_rows(b.shape[0], "b")
         if a.shape[0] != b.shape[0]:
             raise EmbeddingError(f"a and b must hold the same number of rows: {a.shape[0]} != {b.shape[0]}")
-        catalog, calibrations = self._served_now()
+        catalog, decisions = self._served_now()
         if model_a == model_b:
             dims = catalog.models()
             if model_a not in dims:
@@ -297,10 +340,21 @@ class Translator:
             result = Comparison(
                 np.empty(a.shape[0], np.float32), space=model_b, map=ref, scoring=m.score_space.method
             )
-            calibration, per_row = calibrations.get(ref.map_id, Calibration()), macs_per_row(m)
+            calibration, per_row = decisions[ref.map_id].one_way, macs_per_row(m)
+            both = self._reverse(catalog, decisions, ref)
+            if both is None:
 
-            def work(i: int, j: int) -> None:
-                result.scores[i:j] = m.score_rows(m.transform(a[i:j]), b[i:j])
+                def work(i: int, j: int) -> None:
+                    result.scores[i:j] = m.score_rows(m.transform(a[i:j]), b[i:j])
+
+            else:
+                reverse, result.reverse_map = both
+                result.scoring += ", both ways"
+                calibration = decisions[ref.map_id].two_way
+                per_row += macs_per_row(reverse)
+
+                def work(i: int, j: int) -> None:
+                    result.scores[i:j] = twoway.two_way_rows(m, reverse, a[i:j], b[i:j])
 
         def finish() -> Comparison:
             if far > 0:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65mapper/v1/mapper.proto\x12\rfacemapper.v1\"5\n\nEmbeddings\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x06MapRef\x12\x0e\n\x06map_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\xa7\x01\n\x10TranslateRequest\x12\x14\n\x0csource_model\x18\x01 \x01(\t\x12\x14\n\x0ctarget_model\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.facemapper.v1.MapKind\x12-\n\nembeddings\x18\x04 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"z\n\x11TranslateResponse\x12-\n\nembeddings\x18\x01 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\"\n\x03map\x18\x02 \x01(\x0b\x32\x15.facemapper.v1.MapRef\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb1\x01\n\x0e\x43ompareRequest\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12$\n\x01\x61\x18\x02 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\x0f\n\x07model_b\x18\x03 \x01(\t\x12$\n\x01\x62\x18\x04 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12$\n\x04kind\x18\x05 \x01(\x0e\x32\x16.facemapper.v1.MapKind\x12\x0b\n\x03\x66\x61r\x18\x06 \x01(\x01\"\x86\x01\n\x0f\x43ompareResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05space\x18\x02 \x01(\t\x12\"\n\x03map\x18\x03 \x01(\x0b\x32\x15.facemapper.v1.MapRef\x12\x0c\n\x04same\x18\x04 \x03(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07scoring\x18\x06 \x01(\t\"-\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"N\n\rEmbedResponse\x12-\n\nembeddings\x18\x01 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\r\"&\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.facemapper.v1.ModelInfo\"\xc9\x01\n\x07MapInfo\x12\"\n\x03ref\x18\x01 \x01(\x0b\x32\x15.facemapper.v1.MapRef\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x14\n\x0ctarget_model\x18\x03 \x01(\t\x12\x10\n\x08\x64_source\x18\x04 \x01(\r\x12\x10\n\x08\x64_target\x18\x05 \x01(\r\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x07 \x01(\x08\x12\x15\n\rmetadata_json\x18\x08 \x01(\t\x12\x12\n\nhub_models\x18\t \x03(\t\"W\n\x13ListMappingsRequest\x12\x14\n\x0csource_model\x18\x01 \x01(\t\x12\x14\n\x0ctarget_model\x18\x02 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x03 \x01(\x08\"<\n\x14ListMappingsResponse\x12$\n\x04maps\x18\x01 \x03(\x0b\x32\x16.facemapper.v1.MapInfo\"J\n\x11GetMappingRequest\x12\x0e\n\x06map_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x14\n\x0cinclude_file\x18\x03 \x01(\x08\"L\n\x12GetMappingResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.facemapper.v1.MapInfo\x12\x10\n\x08map_file\x18\x02 \x01(\x0c\"%\n\x11PutMappingRequest\x12\x10\n\x08map_file\x18\x01 \x01(\x0c\":\n\x12PutMappingResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.facemapper.v1.MapInfo\"&\n\x14\x44\x65leteMappingRequest\x12\x0e\n\x06map_id\x18\x01 \x01(\t\"1\n\x15\x44\x65leteMappingResponse\x12\x18\n\x10versions_deleted\x18\x01 \x01(\r\"9\n\x16RollbackMappingRequest\x12\x0e\n\x06map_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"?\n\x17RollbackMappingResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.facemapper.v1.MapInfo*\xab\x01\n\x07MapKind\x12\x10\n\x0cMAP_KIND_ANY\x10\x00\x12\x13\n\x0fMAP_KIND_LINEAR\x10\x01\x12\x15\n\x11MAP_KIND_ROTATION\x10\x02\x12\x10\n\x0cMAP_KIND_HUB\x10\x03\x12\x10\n\x0cMAP_KIND_MLP\x10\x04\x12\x13\n\x0fMAP_KIND_KERNEL\x10\x05\x12\x12\n\x0eMAP_KIND_TUNED\x10\x06\x12\x15\n\x11MAP_KIND_ENSEMBLE\x10\x07\x32\xd7\x06\n\rMapperService\x12N\n\tTranslate\x12\x1f.facemapper.v1.TranslateRequest\x1a .facemapper.v1.TranslateResponse\x12X\n\x0fTranslateStream\x12\x1f.facemapper.v1.TranslateRequest\x1a .facemapper.v1.TranslateResponse(\x01\x30\x01\x12H\n\x07\x43ompare\x12\x1d.facemapper.v1.CompareRequest\x1a\x1e.facemapper.v1.CompareResponse\x12\x42\n\x05\x45mbed\x12\x1b.facemapper.v1.EmbedRequest\x1a\x1c.facemapper.v1.EmbedResponse\x12Q\n\nListModels\x12 .facemapper.v1.ListModelsRequest\x1a!.facemapper.v1.ListModelsResponse\x12W\n\x0cListMappings\x12\".facemapper.v1.ListMappingsRequest\x1a#.facemapper.v1.ListMappingsResponse\x12Q\n\nGetMapping\x12 .facemapper.v1.GetMappingRequest\x1a!.facemapper.v1.GetMappingResponse\x12Q\n\nPutMapping\x12 .facemapper.v1.PutMappingRequest\x1a!.facemapper.v1.PutMappingResponse\x12Z\n\rDeleteMapping\x12#.facemapper.v1.DeleteMappingRequest\x1a$.facemapper.v1.DeleteMappingResponse\x12`\n\x0fRollbackMapping\x12%.facemapper.v1.RollbackMappingRequest\x1a&.facemapper.v1.RollbackMappingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65mapper/v1/mapper.proto\x12\rfacemapper.v1\"5\n\nEmbeddings\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x06MapRef\x12\x0e\n\x06map_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\xa7\x01\n\x10TranslateRequest\x12\x14\n\x0csource_model\x18\x01 \x01(\t\x12\x14\n\x0ctarget_model\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.facemapper.v1.MapKind\x12-\n\nembeddings\x18\x04 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"z\n\x11TranslateResponse\x12-\n\nembeddings\x18\x01 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\"\n\x03map\x18\x02 \x01(\x0b\x32\x15.facemapper.v1.MapRef\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb1\x01\n\x0e\x43ompareRequest\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12$\n\x01\x61\x18\x02 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\x0f\n\x07model_b\x18\x03 \x01(\t\x12$\n\x01\x62\x18\x04 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12$\n\x04kind\x18\x05 \x01(\x0e\x32\x16.facemapper.v1.MapKind\x12\x0b\n\x03\x66\x61r\x18\x06 \x01(\x01\"\xb2\x01\n\x0f\x43ompareResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05space\x18\x02 \x01(\t\x12\"\n\x03map\x18\x03 \x01(\x0b\x32\x15.facemapper.v1.MapRef\x12\x0c\n\x04same\x18\x04 \x03(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07scoring\x18\x06 \x01(\t\x12*\n\x0breverse_map\x18\x07 \x01(\x0b\x32\x15.facemapper.v1.MapRef\"-\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"N\n\rEmbedResponse\x12-\n\nembeddings\x18\x01 \x01(\x0b\x32\x19.facemapper.v1.Embeddings\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\r\"&\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.facemapper.v1.ModelInfo\"\xc9\x01\n\x07MapInfo\x12\"\n\x03ref\x18\x01 \x01(\x0b\x32\x15.facemapper.v1.MapRef\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x14\n\x0ctarget_model\x18\x03 \x01(\t\x12\x10\n\x08\x64_source\x18\x04 \x01(\r\x12\x10\n\x08\x64_target\x18\x05 \x01(\r\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x07 \x01(\x08\x12\x15\n\rmetadata_json\x18\x08 \x01(\t\x12\x12\n\nhub_models\x18\t \x03(\t\"W\n\x13ListMappingsRequest\x12\x14\n\x0csource_model\x18\x01 \x01(\t\x12\x14\n\x0ctarget_model\x18\x02 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x03 \x01(\x08\"<\n\x14ListMappingsResponse\x12$\n\x04maps\x18\x01 \x03(\x0b\x32\x16.facemapper.v1.MapInfo\"J\n\x11GetMappingRequest\x12\x0e\n\x06map_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x14\n\x0cinclude_file\x18\x03 \x01(\x08\"L\n\x12GetMappingResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.facemapper.v1.MapInfo\x12\x10\n\x08map_file\x18\x02 \x01(\x0c\"%\n\x11PutMappingRequest\x12\x10\n\x08map_file\x18\x01 \x01(\x0c\":\n\x12PutMappingResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.facemapper.v1.MapInfo\"&\n\x14\x44\x65leteMappingRequest\x12\x0e\n\x06map_id\x18\x01 \x01(\t\"1\n\x15\x44\x65leteMappingResponse\x12\x18\n\x10versions_deleted\x18\x01 \x01(\r\"9\n\x16RollbackMappingRequest\x12\x0e\n\x06map_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"?\n\x17RollbackMappingResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.facemapper.v1.MapInfo*\xab\x01\n\x07MapKind\x12\x10\n\x0cMAP_KIND_ANY\x10\x00\x12\x13\n\x0fMAP_KIND_LINEAR\x10\x01\x12\x15\n\x11MAP_KIND_ROTATION\x10\x02\x12\x10\n\x0cMAP_KIND_HUB\x10\x03\x12\x10\n\x0cMAP_KIND_MLP\x10\x04\x12\x13\n\x0fMAP_KIND_KERNEL\x10\x05\x12\x12\n\x0eMAP_KIND_TUNED\x10\x06\x12\x15\n\x11MAP_KIND_ENSEMBLE\x10\x07\x32\xd7\x06\n\rMapperService\x12N\n\tTranslate\x12\x1f.facemapper.v1.TranslateRequest\x1a .facemapper.v1.TranslateResponse\x12X\n\x0fTranslateStream\x12\x1f.facemapper.v1.TranslateRequest\x1a .facemapper.v1.TranslateResponse(\x01\x30\x01\x12H\n\x07\x43ompare\x12\x1d.facemapper.v1.CompareRequest\x1a\x1e.facemapper.v1.CompareResponse\x12\x42\n\x05\x45mbed\x12\x1b.facemapper.v1.EmbedRequest\x1a\x1c.facemapper.v1.EmbedResponse\x12Q\n\nListModels\x12 .facemapper.v1.ListModelsRequest\x1a!.facemapper.v1.ListModelsResponse\x12W\n\x0cListMappings\x12\".facemapper.v1.ListMappingsRequest\x1a#.facemapper.v1.ListMappingsResponse\x12Q\n\nGetMapping\x12 .facemapper.v1.GetMappingRequest\x1a!.facemapper.v1.GetMappingResponse\x12Q\n\nPutMapping\x12 .facemapper.v1.PutMappingRequest\x1a!.facemapper.v1.PutMappingResponse\x12Z\n\rDeleteMapping\x12#.facemapper.v1.DeleteMappingRequest\x1a$.facemapper.v1.DeleteMappingResponse\x12`\n\x0fRollbackMapping\x12%.facemapper.v1.RollbackMappingRequest\x1a&.facemapper.v1.RollbackMappingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facemapper.v1.mapper_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MAPKIND']._serialized_start=1860
-  _globals['_MAPKIND']._serialized_end=2031
+  _globals['_MAPKIND']._serialized_start=1904
+  _globals['_MAPKIND']._serialized_end=2075
   _globals['_EMBEDDINGS']._serialized_start=45
   _globals['_EMBEDDINGS']._serialized_end=98
   _globals['_MAPREF']._serialized_start=100
@@ -44,39 +44,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPAREREQUEST']._serialized_start=468
   _globals['_COMPAREREQUEST']._serialized_end=645
   _globals['_COMPARERESPONSE']._serialized_start=648
-  _globals['_COMPARERESPONSE']._serialized_end=782
-  _globals['_EMBEDREQUEST']._serialized_start=784
-  _globals['_EMBEDREQUEST']._serialized_end=829
-  _globals['_EMBEDRESPONSE']._serialized_start=831
-  _globals['_EMBEDRESPONSE']._serialized_end=909
-  _globals['_MODELINFO']._serialized_start=911
-  _globals['_MODELINFO']._serialized_end=949
-  _globals['_LISTMODELSREQUEST']._serialized_start=951
-  _globals['_LISTMODELSREQUEST']._serialized_end=970
-  _globals['_LISTMODELSRESPONSE']._serialized_start=972
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1034
-  _globals['_MAPINFO']._serialized_start=1037
-  _globals['_MAPINFO']._serialized_end=1238
-  _globals['_LISTMAPPINGSREQUEST']._serialized_start=1240
-  _globals['_LISTMAPPINGSREQUEST']._serialized_end=1327
-  _globals['_LISTMAPPINGSRESPONSE']._serialized_start=1329
-  _globals['_LISTMAPPINGSRESPONSE']._serialized_end=1389
-  _globals['_GETMAPPINGREQUEST']._serialized_start=1391
-  _globals['_GETMAPPINGREQUEST']._serialized_end=1465
-  _globals['_GETMAPPINGRESPONSE']._serialized_start=1467
-  _globals['_GETMAPPINGRESPONSE']._serialized_end=1543
-  _globals['_PUTMAPPINGREQUEST']._serialized_start=1545
-  _globals['_PUTMAPPINGREQUEST']._serialized_end=1582
-  _globals['_PUTMAPPINGRESPONSE']._serialized_start=1584
-  _globals['_PUTMAPPINGRESPONSE']._serialized_end=1642
-  _globals['_DELETEMAPPINGREQUEST']._serialized_start=1644
-  _globals['_DELETEMAPPINGREQUEST']._serialized_end=1682
-  _globals['_DELETEMAPPINGRESPONSE']._serialized_start=1684
-  _globals['_DELETEMAPPINGRESPONSE']._serialized_end=1733
-  _globals['_ROLLBACKMAPPINGREQUEST']._serialized_start=1735
-  _globals['_ROLLBACKMAPPINGREQUEST']._serialized_end=1792
-  _globals['_ROLLBACKMAPPINGRESPONSE']._serialized_start=1794
-  _globals['_ROLLBACKMAPPINGRESPONSE']._serialized_end=1857
-  _globals['_MAPPERSERVICE']._serialized_start=2034
-  _globals['_MAPPERSERVICE']._serialized_end=2889
+  _globals['_COMPARERESPONSE']._serialized_end=826
+  _globals['_EMBEDREQUEST']._serialized_start=828
+  _globals['_EMBEDREQUEST']._serialized_end=873
+  _globals['_EMBEDRESPONSE']._serialized_start=875
+  _globals['_EMBEDRESPONSE']._serialized_end=953
+  _globals['_MODELINFO']._serialized_start=955
+  _globals['_MODELINFO']._serialized_end=993
+  _globals['_LISTMODELSREQUEST']._serialized_start=995
+  _globals['_LISTMODELSREQUEST']._serialized_end=1014
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1016
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1078
+  _globals['_MAPINFO']._serialized_start=1081
+  _globals['_MAPINFO']._serialized_end=1282
+  _globals['_LISTMAPPINGSREQUEST']._serialized_start=1284
+  _globals['_LISTMAPPINGSREQUEST']._serialized_end=1371
+  _globals['_LISTMAPPINGSRESPONSE']._serialized_start=1373
+  _globals['_LISTMAPPINGSRESPONSE']._serialized_end=1433
+  _globals['_GETMAPPINGREQUEST']._serialized_start=1435
+  _globals['_GETMAPPINGREQUEST']._serialized_end=1509
+  _globals['_GETMAPPINGRESPONSE']._serialized_start=1511
+  _globals['_GETMAPPINGRESPONSE']._serialized_end=1587
+  _globals['_PUTMAPPINGREQUEST']._serialized_start=1589
+  _globals['_PUTMAPPINGREQUEST']._serialized_end=1626
+  _globals['_PUTMAPPINGRESPONSE']._serialized_start=1628
+  _globals['_PUTMAPPINGRESPONSE']._serialized_end=1686
+  _globals['_DELETEMAPPINGREQUEST']._serialized_start=1688
+  _globals['_DELETEMAPPINGREQUEST']._serialized_end=1726
+  _globals['_DELETEMAPPINGRESPONSE']._serialized_start=1728
+  _globals['_DELETEMAPPINGRESPONSE']._serialized_end=1777
+  _globals['_ROLLBACKMAPPINGREQUEST']._serialized_start=1779
+  _globals['_ROLLBACKMAPPINGREQUEST']._serialized_end=1836
+  _globals['_ROLLBACKMAPPINGRESPONSE']._serialized_start=1838
+  _globals['_ROLLBACKMAPPINGRESPONSE']._serialized_end=1901
+  _globals['_MAPPERSERVICE']._serialized_start=2078
+  _globals['_MAPPERSERVICE']._serialized_end=2933
 # @@protoc_insertion_point(module_scope)

@@ -89,20 +89,22 @@ class CompareRequest(_message.Message):
     def __init__(self, model_a: _Optional[str] = ..., a: _Optional[_Union[Embeddings, _Mapping]] = ..., model_b: _Optional[str] = ..., b: _Optional[_Union[Embeddings, _Mapping]] = ..., kind: _Optional[_Union[MapKind, str]] = ..., far: _Optional[float] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("scores", "space", "map", "same", "threshold", "scoring")
+    __slots__ = ("scores", "space", "map", "same", "threshold", "scoring", "reverse_map")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
     SAME_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_MAP_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     space: str
     map: MapRef
     same: _containers.RepeatedScalarFieldContainer[bool]
     threshold: float
     scoring: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., space: _Optional[str] = ..., map: _Optional[_Union[MapRef, _Mapping]] = ..., same: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ..., scoring: _Optional[str] = ...) -> None: ...
+    reverse_map: MapRef
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., space: _Optional[str] = ..., map: _Optional[_Union[MapRef, _Mapping]] = ..., same: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ..., scoring: _Optional[str] = ..., reverse_map: _Optional[_Union[MapRef, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "images")
