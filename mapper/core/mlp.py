@@ -12,17 +12,23 @@ from typing import Any
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from mapper.core.maps import EmbeddingMap
+from mapper.core.maps import EmbeddingMap, LinearMap
 from mapper.core.validation import check_embeddings, l2_normalize
 
 
 class MLPMap(EmbeddingMap):
-    """``y = mean_t + Linear(x_c) + MLP(x_c)``: a linear skip path plus ReLU hidden layers.
+    """``y = mean_t + Linear(x_c) + MLP(x_c)``: a ridge map plus ReLU hidden layers.
 
-    Fitted on centred, normalised pairs with Adam on the mean squared error, full batch,
-    with weight decay; ``random_state`` makes training repeatable. ``weight_`` holds the
-    linear skip path (so the map starts out as, and stays close to, a linear map);
-    ``layers_`` the hidden layers as (weight (d_in, d_out), bias (d_out,)) pairs.
+    The linear path is the ridge map (:class:`~mapper.core.maps.LinearMap`, alpha chosen by
+    CV); the hidden layers are fitted on its residuals with Adam on the mean squared error,
+    full batch, with weight decay; ``random_state`` makes training repeatable. ``weight_``
+    holds the linear path (so the map is a linear map plus a correction); ``layers_`` the
+    hidden layers as (weight (d_in, d_out), bias (d_out,)) pairs.
+
+    Why ridge and not a linear layer trained with the rest: Adam's lightly decayed linear
+    layer fitted the fitting people closely enough that a map file told them apart from
+    people never used (membership AUC 0.552 against the bound 0.55; the ridge path 0.540),
+    and it verified worse (cosine TAR at 1e-3 0.9597 against 0.9683, SFace -> face-reid).
     """
 
     kind = "mlp"
@@ -54,36 +60,45 @@ class MLPMap(EmbeddingMap):
         self.weight_decay = weight_decay
         self.random_state = random_state
 
+    def _min_pairs(self) -> int:
+        return LinearMap()._min_pairs()  # the ridge path's CV folds
+
     def _fit_centered(self, Xc: np.ndarray, Yc: np.ndarray, groups: Any) -> dict[str, Any]:
         import torch
 
+        raw = {"center": False, "normalize_input": False, "normalize_output": False}
+        ridge = LinearMap(**raw, random_state=self.random_state).fit(Xc, Yc, groups=groups)
         torch.manual_seed(self.random_state)
         sizes = [Xc.shape[1], *self.hidden, Yc.shape[1]]
         layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
-        skip = torch.nn.Linear(Xc.shape[1], Yc.shape[1], bias=False)
-        params = [p for layer in [*layers, skip] for p in layer.parameters()]
+        params = [p for layer in layers for p in layer.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         x = torch.as_tensor(Xc, dtype=torch.float32)
-        y = torch.as_tensor(Yc, dtype=torch.float32)
+        residual = torch.as_tensor(Yc - Xc @ ridge.weight_, dtype=torch.float32)
 
-        def forward(inp: torch.Tensor) -> torch.Tensor:
+        def hidden_path(inp: torch.Tensor) -> torch.Tensor:
             h = inp
             for layer in layers[:-1]:
                 h = torch.relu(layer(h))
-            return skip(inp) + layers[-1](h)
+            return layers[-1](h)
 
         loss = torch.tensor(0.0)
         for _ in range(self.epochs):
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(forward(x), y)
+            loss = torch.nn.functional.mse_loss(hidden_path(x), residual)
             loss.backward()
             opt.step()
-        self.weight_ = skip.weight.detach().double().numpy().T.copy()
+        self.weight_ = ridge.weight_
         self.layers_ = [
             (layer.weight.detach().double().numpy().T.copy(), layer.bias.detach().double().numpy().copy())
             for layer in layers
         ]
-        return {"final_mse": float(loss.detach()), "epochs": self.epochs, "hidden": list(self.hidden)}
+        return {
+            "final_mse": float(loss.detach()),
+            "epochs": self.epochs,
+            "hidden": list(self.hidden),
+            "alpha": ridge.alpha_,
+        }
 
     def _predict_centered(self, Xc: np.ndarray) -> np.ndarray:
         h = Xc
