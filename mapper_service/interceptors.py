@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from google.protobuf.message import DecodeError
 from mapper.errors import Cancelled, InvalidInput, LimitExceeded, NotFound, TritonModelError, Unavailable
 from mapper.serving.admission import Admission
 
-from . import metrics
+from . import metrics, wire
 from .gen import mapper_pb2 as pb
 from .servicer import CLIENT, StreamIdle
 
@@ -297,6 +298,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _parser(name: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    cls = getattr(pb, pb.DESCRIPTOR.services_by_name["MapperService"].methods_by_name[name].input_type.name)
+    fields = wire.embedding_fields(cls)
+    if fields:  # embeddings stay views of the request's bytes (wire.py)
+        deserialize = partial(wire.parse, cls=cls, fields=fields)
+
     def parse(raw: bytes) -> Any:
         try:
             return deserialize(raw) if deserialize else raw
