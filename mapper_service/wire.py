@@ -11,6 +11,7 @@ protobuf).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
@@ -18,6 +19,9 @@ from google.protobuf.message import Message
 from .gen import mapper_pb2 as pb
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+#: Below this size protobuf's copies cost less than reading the fields here (a 1 x 512
+#: Translate: 1.5 us with protobuf, 7 us here).
+MIN_BYTES = 64 << 10
 
 
 class Embeddings(NamedTuple):
@@ -69,8 +73,8 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
             raise _Unusual
 
 
-def _fields(buf: memoryview) -> Any:
-    """(number, wire type, start, value start, end) of each field; ints for varints."""
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(number, wire type, start, value start, end) of each field."""
     i, n = 0, len(buf)
     while i < n:
         start = i
@@ -106,13 +110,21 @@ def _embeddings(buf: memoryview) -> Embeddings:
             data = buf[at:end]
         else:
             value = _varint(buf, at)[0] & 0xFFFFFFFF  # uint32: protobuf keeps the low 32 bits
-            rows, dim = (value, dim) if number == 1 else (rows, value)
+            if number == 1:
+                rows = value
+            else:
+                dim = value
     return Embeddings(rows, dim, data)
 
 
-def parse(raw: bytes, cls: type[Message], fields: dict[int, str]) -> Request | Message:
+def parse(
+    raw: bytes, cls: type[Message], fields: dict[int, str], min_bytes: int = MIN_BYTES
+) -> Request | Message:
     """``cls`` parsed from ``raw``, its ``Embeddings`` fields (``fields``, from
-    :func:`embedding_fields`) as views of ``raw``. DecodeError as protobuf raises it."""
+    :func:`embedding_fields`) as views of ``raw`` when it has ``min_bytes`` or more.
+    DecodeError as protobuf raises it."""
+    if len(raw) < min_bytes:
+        return cls.FromString(raw)
     buf = memoryview(raw)
     try:
         rest: list[memoryview] = []
