@@ -14,6 +14,8 @@ The attackers run in their own processes at the lowest CPU priority: they stand 
 machines, whose CPU the server does not share (on 2 cores, equal-priority attackers would
 measure the load generator). ``--tokens`` serves known clients only, as the Docker image
 does: the attackers share one client's token and the victim has its own.
+``--control`` aims the attackers at a second server that refuses them at the transport:
+what the victim then loses is the attackers' own load on this machine, not the server's.
 
 Prints the victim's p99 under attack / idle (the issue's goal: at most 3x), how many
 attack calls were admitted or refused, and the server's peak RSS (VmHWM) against the bound
@@ -138,6 +140,13 @@ def main() -> None:
         "attackers share one client's token, the victim has its own",
     )
     ap.add_argument("--server-args", default="", help="extra mapper-serve flags, e.g. '--workers 2'")
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="a control run: the attackers aim at a second server that refuses every request "
+        "at the transport (--max-message-mb 1), so the victim's server is never attacked and "
+        "what the victim still loses is what the attackers cost this machine",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -153,6 +162,10 @@ def main() -> None:
         (tmp / "clients").write_text("".join(f"{who} {t}\n" for who, t in tokens.items()))
         flags += ["--client-tokens-file", str(tmp / "clients")]
     srv = start_service(tmp / "maps.sqlite", *flags, workdir=tmp)
+    target = srv
+    if args.control:
+        target = start_service(tmp / "maps.sqlite", *flags, "--max-message-mb", "1", workdir=tmp)
+        print("control: the attackers aim at a second server, which refuses them at the transport")
     per_call = 16e9  # the default --max-call-gmacs
     admitted_rows = int(per_call // macs_per_row(kernel))
     try:
@@ -170,8 +183,8 @@ def main() -> None:
             rows = 65_000 if name == "maximal" else admitted_rows
             streams = 32 if name == "streams" else 0
             stop, counts = SPAWN.Event(), SPAWN.Queue()
-            held = idle_streams(srv.address, streams, stop, tokens["attacker"]) if streams else []
-            procs = attack(srv.address, rows, 8, stop, counts, tokens["attacker"])
+            held = idle_streams(target.address, streams, stop, tokens["attacker"]) if streams else []
+            procs = attack(target.address, rows, 8, stop, counts, tokens["attacker"])
             time.sleep(4)  # the attackers start (imports) and reach their pace
             res = victim(srv.address, args.seconds, tokens["victim"])
             stop.set()
@@ -191,6 +204,7 @@ def main() -> None:
         print(f"server peak RSS {peak:.0f} MiB (idle {idle_rss:.0f} MiB)")
     finally:
         srv.stop()
+        target.stop()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.linalg import orthogonal_procrustes
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
@@ -159,6 +161,43 @@ def test_transform_equals_explicit_preprocessing(normalize_input, normalize_outp
         expected[-1] = 0  # a null template stays null
     np.testing.assert_allclose(m.transform(Xt), expected, atol=1e-12)
     np.testing.assert_allclose(m.transform(Xt[:5].astype(np.float32)), expected[:5], atol=1e-6)
+
+
+_ROW_X = np.random.default_rng(21).standard_normal((200, 12)) + 1
+_ROW_Y = np.random.default_rng(22).standard_normal((200, 7))
+_ROW_MAPS = {
+    (kind.__name__, ni, no): kind(normalize_input=ni, normalize_output=no).fit(_ROW_X, _ROW_Y)
+    for kind in (LinearMap, RotationMap)
+    for ni in (True, False)
+    for no in (True, False)
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.sampled_from(sorted(_ROW_MAPS)),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scale=st.sampled_from([0.0, 1e-40, 1e-13, 1e-6, 1.0, 1e3, 1e20, 1e30]),
+    seed=st.integers(0, 2**16),
+)
+def test_one_row_path_equals_the_block_path(key, dtype, scale, seed):
+    """A single row (a service's batch 1) is mapped with scalar norms; it must give the block
+    path's row, for tiny, zero and overflowing rows too."""
+    m = _ROW_MAPS[key]
+    x = (np.random.default_rng(seed).standard_normal((3, 12)) * scale).astype(dtype)
+    try:
+        block = m.transform(x)
+    except ValueError as e:  # rows too large for a map that does not normalise its input
+        assert "too large" in str(e)
+        with pytest.raises(ValueError, match="too large"):
+            m.transform(x[1:2])
+        return
+    for i in range(3):
+        np.testing.assert_allclose(m.transform(x[i : i + 1])[0], block[i], rtol=1e-5, atol=1e-6)
+    nan = x[1:2].copy()
+    nan[0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf in 1 row"):
+        m.transform(nan)
 
 
 def test_non_finite_row_is_reported_by_its_place_in_the_whole_input(monkeypatch):

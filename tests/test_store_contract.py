@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import unicodedata
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mapper import LinearMap, RotationMap
 from mapper.core import mapfile
 from mapper.errors import InvalidInput, MapFileError, MapNotFound
+from mapper.serving.catalog import MAX_NAME, check_name
 from mapper.serving.sqlite import SQLiteMapStore
 from mapper.serving.translator import Translator
 
@@ -122,6 +126,17 @@ def test_names_get_one_answer_from_every_store(backend, name, why):
         with pytest.raises(InvalidInput, match=why):
             call(name)
     assert store.generation() == g and [m.ref.map_id for m in store.list()] == ["a->b:linear"]
+
+
+@given(st.text(max_size=40))
+def test_a_name_is_refused_exactly_when_it_holds_a_control_character(name):
+    """check_name's fast path (str.isprintable) agrees with the rule it stands for."""
+    control = any(unicodedata.category(c) == "Cc" for c in name)
+    if control:
+        with pytest.raises(InvalidInput, match="control character"):
+            check_name(name, "map_id")
+    else:
+        assert check_name(name, "map_id") == name and len(name) <= MAX_NAME
 
 
 def test_concurrent_publishers_lose_nothing(backend):

@@ -23,6 +23,8 @@ def check_name(value: str, field: str) -> str:
     by PostgreSQL, so both stores give this answer)."""
     if len(value) > MAX_NAME:
         raise InvalidInput(f"{field} is {len(value)} characters long; names have at most {MAX_NAME}")
+    if value.isprintable():  # no control character; the per-character scan costs 2-4 us per name
+        return value
     bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         raise InvalidInput(f"{field} contains the control character {bad!r}; names are printable text")
