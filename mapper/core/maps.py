@@ -28,6 +28,7 @@ from mapper.core.validation import (
     check_embeddings,
     check_finite,
     check_pairs,
+    inverse_norm,
     inverse_norms,
     l2_normalize,
     rescale_huge_rows,
@@ -232,10 +233,9 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             norm = math.sqrt(squared)
             out += norm * bias
             if not self.normalize_output:
-                out *= 1 / norm if norm >= MIN_NORM else 0.0
+                out *= inverse_norm(norm)
         if self.normalize_output:
-            norm = math.sqrt(float(np.dot(out[0], out[0])))
-            out *= 1 / norm if norm >= MIN_NORM else 0.0
+            out *= inverse_norm(math.sqrt(float(np.dot(out[0], out[0]))))
         return out
 
     def _inverse_weight(self) -> np.ndarray:

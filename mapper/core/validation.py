@@ -85,6 +85,11 @@ def rescale_huge_rows(x: np.ndarray, squared: np.ndarray) -> np.ndarray:
     return squared
 
 
+def inverse_norm(norm: float) -> float:
+    """:func:`inverse_norms` for one row's norm, as a Python float (one row's hot path)."""
+    return 1 / norm if norm >= MIN_NORM else 0.0
+
+
 def inverse_norms(squared: np.ndarray) -> np.ndarray:
     """1 / sqrt(squared) for (n,) squared row norms, computed in place; 0 where the norm is
     below ``MIN_NORM`` (see there)."""
