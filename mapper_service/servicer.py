@@ -114,12 +114,13 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     ) -> pb.TranslateResponse:
         source = check_name(request.source_model, "source_model")
         target = check_name(request.target_model, "target_model")
-        kind, msg = self._kind(request.kind), request.embeddings
+        msg = request.embeddings
+        route = self.translator.route(source, target, self._kind(request.kind))
         y, ref = await self._run(
-            self.translator.translate_cost(source, target, kind, msg.rows),
+            self.translator.translate_cost(route, msg.rows),
             4 * msg.rows * msg.dim,
             f"translating {msg.rows} rows from {source} to {target}",
-            lambda: self.translator.translate_job(convert.to_array(msg, "embeddings"), source, target, kind),
+            lambda: self.translator.translate_job(convert.to_array(msg, "embeddings"), route),
             context,
         )
         metrics.translated(source, target).inc(msg.rows)

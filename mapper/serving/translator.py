@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -85,6 +85,14 @@ class Cost:
     rows: int
     macs: int
     reply_bytes: int
+
+
+class Route(NamedTuple):
+    """A translation resolved once from a request's names, so that pricing it and running
+    it use the same map (a publish may swap the catalog in between)."""
+
+    map: EmbeddingMap
+    ref: MapRef
 
 
 @dataclass
@@ -256,10 +264,14 @@ class Translator:
         if rows > self.max_batch:
             raise LimitExceeded(f"{name} has {rows} rows; the limit is {self.max_batch} per request")
 
-    def translate_cost(self, source: str, target: str, kind: str, rows: int) -> Cost:
-        """What translating ``rows`` rows would cost (NOT_FOUND etc. as translate would)."""
+    def route(self, source: str, target: str, kind: str = "any") -> Route:
+        """The map that translates ``source`` to ``target`` now (NOT_FOUND etc. if none)."""
+        return Route(*self._served_now()[0].resolve(source, target, kind))
+
+    def translate_cost(self, route: Route, rows: int) -> Cost:
+        """What translating ``rows`` rows along ``route`` would cost."""
         self.check_rows(rows, "embeddings")
-        m, _ = self._served_now()[0].resolve(source, target, kind)
+        m = route.map
         return Cost(rows, rows * macs_per_row(m), rows * m.n_features_out_ * 4)
 
     def compare_cost(self, model_a: str, model_b: str, kind: str, rows: int) -> Cost:
@@ -274,13 +286,11 @@ class Translator:
             per_row = macs_per_row(m) + (macs_per_row(reverse[0]) if reverse else 0)
         return Cost(rows, rows * per_row, 5 * rows)
 
-    def translate_job(
-        self, x: np.ndarray, source: str, target: str, kind: str = "any"
-    ) -> Job[tuple[np.ndarray, MapRef]]:
-        """A job turning (n, d_source) ``x`` into (n, d_target) float32 in ``target``'s space;
-        its result names the map used."""
+    def translate_job(self, x: np.ndarray, route: Route) -> Job[tuple[np.ndarray, MapRef]]:
+        """A job turning (n, d_source) ``x`` into (n, d_target) float32 in the target's space
+        along ``route``; its result names the map used."""
         self.check_rows(x.shape[0], "embeddings")
-        m, ref = self._served_now()[0].resolve(source, target, kind)
+        m, ref = route
         # NaN/Inf are found by the map on the way (it reports the row of its block; the
         # whole input is scanned again only then, for the row number in the request).
         x = check_embeddings(x, name="embeddings", dim=m.n_features_in_, finite=False)
@@ -299,7 +309,7 @@ class Translator:
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
     ) -> tuple[np.ndarray, MapRef]:
         """(n, d_source) -> ((n, d_target) in ``target``'s space, the map used)."""
-        return self.translate_job(x, source, target, kind).run()
+        return self.translate_job(x, self.route(source, target, kind)).run()
 
     def compare_job(
         self,
