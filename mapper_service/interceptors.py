@@ -3,6 +3,7 @@ exception -> status mapping and the request metrics, for unary and streaming met
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -286,6 +287,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     async for raw in requests:
                         self.admission.charge_bytes(client, len(raw))
                         yield parse(raw)
+                        # A client over its byte rate: its next message is read once the debt
+                        # is paid (HTTP/2 flow control holds the client meanwhile).
+                        if wait := self.admission.byte_debt_seconds(client):
+                            await asyncio.sleep(wait)
 
                 async for reply in behaviour(parsed(), context):
                     count += 1

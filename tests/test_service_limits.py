@@ -247,6 +247,45 @@ def test_a_client_over_its_byte_rate_is_refused_before_its_request_is_read(tmp_p
     srv.stop()
 
 
+def test_a_client_s_requests_are_read_one_at_a_time_once_its_allowance_is_low(tmp_path, heavy_store):
+    """Bytes are charged once read: calls arriving together when an attacker's allowance
+    refilled were all read, maximal messages one after another on the event loop, and health
+    checks waited 0.4-1 s behind them (bench_attack.py). Now a client low on allowance has one
+    request read at a time, and a stream over its rate has its next message read when paid."""
+    srv = serve_two_clients(tmp_path, heavy_store, "--client-mb-per-s", "0.25", "--max-message-mb", "4")
+    one = np.ones((1, D), np.float32)
+    mib_rows = convert.from_array(rng.standard_normal((2048, D)).astype(np.float32))  # 1 MiB
+    release = threading.Event()
+
+    def messages():
+        release.wait()
+        for _ in range(2):
+            yield pb.TranslateRequest(source_model="a", target_model="b", embeddings=mib_rows)
+
+    with (
+        srv.client(token=BULK) as bulk,
+        srv.client(token=GATE) as gate,
+        grpc.insecure_channel(srv.address) as ch,
+    ):
+        bulk.translate(rng.standard_normal((7000, D)).astype(np.float32), "a", "b")  # 0.6 of 4 MiB left
+        stream = pb_grpc.MapperServiceStub(ch).TranslateStream(
+            messages(), metadata=[("authorization", f"Bearer {BULK}")], timeout=60
+        )
+        time.sleep(0.5)  # the stream is let in: its first message is now being read
+        with pytest.raises(grpc.RpcError) as err:
+            bulk.translate(one, "a", "b")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "client 'bulk' has a request being read" in err.value.details()
+        assert gate.translate(one, "a", "b")[0].shape == (1, D)  # another client is not held back
+        release.set()
+        next(stream)
+        t_first = time.monotonic()
+        next(stream)  # the first message put the client ~0.4 MiB in debt: ~1.6 s at 0.25 MiB/s
+        assert time.monotonic() - t_first > 1.0
+        stream.cancel()
+    srv.stop()
+
+
 # -- 4. deadlines and cancellation ------------------------------------------------------------------
 @pytest.mark.slow  # long; CI runs it with make test-slow
 @pytest.mark.parametrize("how", ["deadline", "cancel"])

@@ -19,7 +19,7 @@ from mapper import LinearMap, RotationMap
 from mapper.core import mapfile
 from mapper.core.calibration import Calibration
 from mapper.errors import EmbeddingError, InvalidInput, LimitExceeded, MapNotFound, Unavailable
-from mapper.serving.admission import GIGA, Admission, Budgets
+from mapper.serving.admission import GIGA, READ_EXPIRY, Admission, Budgets
 from mapper.serving.sqlite import SQLiteMapStore
 from mapper.serving.translator import Translator
 from mapper_service import metrics
@@ -220,3 +220,31 @@ def test_admission_budgets_and_a_client_s_bucket():
     adm.admit(10 * GIGA, 0, client="d").release()  # another client is not held back
     now[0] = 3.0
     adm.admit(10 * GIGA, 0, client="c").release()
+
+
+def test_a_client_s_requests_are_read_one_at_a_time_once_its_byte_allowance_is_low():
+    """Bytes are charged once read, so calls arriving together when a client's allowance
+    refills used to be read together: each a maximal message, the event loop held for each."""
+    now = [0.0]
+    mib = 2**20
+    adm = Admission(Budgets(client_bytes_per_s=mib, client_burst_bytes=8 * mib), clock=lambda: now[0])
+    adm.check_rate("c")
+    adm.check_rate("c")  # a full allowance: reads may overlap
+    adm.charge_bytes("c", 3 * mib)
+    adm.charge_bytes("c", 3 * mib)  # 2 MiB left, under half of 8
+    adm.check_rate("c")  # let in to be read...
+    with pytest.raises(LimitExceeded, match=r"client 'c' has a request being read and 2.0 MiB .* retry in 2.00 s"):
+        adm.check_rate("c")  # ...so the next waits for it
+    adm.check_rate("d")  # another client is not held back
+    adm.charge_bytes("c", 4 * mib)  # read: 2 MiB over the allowance
+    assert adm.byte_debt_seconds("c") == pytest.approx(2.0)
+    with pytest.raises(LimitExceeded, match="sent more than its 1 MiB/s of requests; retry in 2.00 s"):
+        adm.check_rate("c")
+    now[0] = 2.5
+    assert adm.byte_debt_seconds("c") == 0
+    adm.check_rate("c")  # a read let in whose request never comes (the client went away)...
+    with pytest.raises(LimitExceeded, match="has a request being read"):
+        adm.check_rate("c")
+    adm.budgets = Budgets(client_bytes_per_s=0.01 * mib, client_burst_bytes=8 * mib)
+    now[0] += READ_EXPIRY + 0.1
+    adm.check_rate("c")  # ...stops counting after READ_EXPIRY

@@ -16,7 +16,9 @@ budgets bound what callers can make a server do:
   known (about 1 ms of the event loop per MiB), refused or not. Each request's bytes are
   charged to a second bucket, refilled at ``client_bytes_per_s`` and holding one maximal
   message; while it is in debt, the client's calls are refused by :meth:`Admission.check_rate`
-  before their requests are read, so no client floods the server with large requests.
+  before their requests are read, so no client floods the server with large requests. Below
+  half its allowance, a client has one request read at a time: reading a maximal message
+  holds the event loop for tens of ms, and calls arriving together would all be read.
 
 Refusals are :class:`~mapper.errors.LimitExceeded` (RESOURCE_EXHAUSTED over gRPC).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +36,9 @@ from mapper.errors import LimitExceeded
 #: What one call costs a client's rate budget besides its arithmetic (protocol work, about
 #: 0.1 ms of a core).
 CALL_MACS = 2**20
+#: Seconds after which a request let in to be read but never charged (its client went away
+#: mid-message) no longer counts as being read.
+READ_EXPIRY = 5.0
 GIGA = 1e9
 
 
@@ -88,6 +94,7 @@ class Admission:
         self.inflight_bytes = 0
         self._buckets: dict[str, _Bucket] = {}
         self._byte_buckets: dict[str, _Bucket] = {}
+        self._reading: dict[str, deque[float]] = {}  # when each unread admitted request was let in
 
     def admit(
         self, macs: float, nbytes: int, *, client: str | None = None, what: str = "this call"
@@ -147,17 +154,41 @@ class Admission:
 
     def check_rate(self, client: str | None) -> None:
         """Before a call's request is read: :class:`LimitExceeded` while ``client`` owes
-        bytes, having sent more than its byte rate allows."""
+        bytes, having sent more than its byte rate allows, or while another of its requests
+        is being read and its allowance is below half a maximal message."""
         rate = self.budgets.client_bytes_per_s
         if client is None or rate is None:
             return
         with self._lock:
             level = self._byte_bucket(client, rate).level
-        if level < 0:
+            reading = self._reading.setdefault(client, deque())
+            now = self._clock()
+            while reading and now - reading[0] > READ_EXPIRY:  # a read that never came
+                reading.popleft()
+            if level >= 0 and not (reading and level < self.budgets.client_burst_bytes / 2):
+                reading.append(now)
+                return
+        if level >= 0:
+            # Requests are charged once read: without this, the client's calls that arrive
+            # together when its allowance refills would all be read, each a maximal message.
+            wait = (self.budgets.client_burst_bytes / 2 - level) / rate
             raise LimitExceeded(
-                f"client {client!r} sent more than its {rate / 2**20:.0f} MiB/s of requests; "
-                f"retry in {-level / rate:.2f} s"
+                f"client {client!r} has a request being read and {level / 2**20:.1f} MiB of its "
+                f"{rate / 2**20:.0f} MiB/s allowance left; retry in {wait:.2f} s"
             )
+        raise LimitExceeded(
+            f"client {client!r} sent more than its {rate / 2**20:.0f} MiB/s of requests; "
+            f"retry in {-level / rate:.2f} s"
+        )
+
+    def byte_debt_seconds(self, client: str | None) -> float:
+        """How long until ``client`` has paid back the bytes it sent beyond its rate (0: none
+        owed). A stream waits this long before its next message is read."""
+        rate = self.budgets.client_bytes_per_s
+        if client is None or rate is None:
+            return 0.0
+        with self._lock:
+            return max(0.0, -self._byte_bucket(client, rate).level / rate)
 
     def charge_bytes(self, client: str | None, nbytes: int) -> None:
         """Charge a request's ``nbytes`` to ``client`` once read (its bucket may go into debt)."""
@@ -166,3 +197,6 @@ class Admission:
             return
         with self._lock:
             self._byte_bucket(client, rate).level -= nbytes
+            reading = self._reading.get(client)
+            if reading:
+                reading.popleft()
