@@ -18,6 +18,7 @@ from mapper.classifiers.embed import LocalEmbed, embed_views
 from mapper.cli import imagenet as cli
 from mapper.core import mapfile
 from mapper.core.heads import head_map
+from mapper.core.maps import RotationMap
 from mapper.datasets.imagenet_zoo import imagenet_zoo_dir, photos
 from mapper.errors import EmbeddingError, FitError, UnknownModelError
 from mapper.eval import imagenet
@@ -195,6 +196,7 @@ def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_in
     for r in res["pairs"]:
         assert 0 < r["fitted"]["top1_std"] < 0.2
         assert r["fitted"]["top1"] > 0.05  # 50x chance from 200 photos
+        assert 0 < r["rotation"]["top1"] <= 1 and 0 <= r["rotation"]["top1_std"] < 0.2
         exact = registry.get(r["b"]).dim >= 999
         assert (r["closed_form"]["logit_residual"] < 1e-6) == exact
         if exact:
@@ -217,6 +219,23 @@ def test_the_joint_fit_is_one_ridge_per_target(material):
         expected = ref.fit(X, Y).transform(held_out)
         tolerance = 1e-3 * np.abs(expected).max()
         np.testing.assert_allclose(fit.transform(held_out), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("d_b", [48, 64, 80])
+def test_rotation_maps_are_what_rotation_map_fits(d_b):
+    """rotation_maps (float32 products, A's centring shared over targets) against the
+    library's RotationMap without normalisation, for a narrower, equal and wider target."""
+    rng = np.random.default_rng(d_b)
+    X = rng.normal(size=(2, 150, 64)).astype(np.float32) * 3 + 1
+    Y = (X @ rng.normal(size=(64, d_b)) + rng.normal(size=(2, 150, d_b))).astype(np.float32)
+    heads = {"p": (rng.normal(size=(10, 64)), np.zeros(10)), "q": (rng.normal(size=(10, d_b)), np.zeros(10))}
+    m = imagenet.Material(["p", "q"], np.arange(150) % 10, {"p": X, "q": Y}, heads)
+    fit = imagenet.rotation_maps(m, "p", ["q"], np.arange(100), 2)["q"]
+    ref = RotationMap(normalize_input=False, normalize_output=False)
+    expected = ref.fit(X[:2, :100].reshape(-1, 64), Y[:2, :100].reshape(-1, d_b)).transform(X[0, 100:])
+    tolerance = 1e-4 * np.abs(expected).max()
+    np.testing.assert_allclose(fit.transform(X[0, 100:]), expected, rtol=0, atol=tolerance)
+    assert fit.fit_info_["scale"] == pytest.approx(ref.scale_, rel=1e-5)
 
 
 @pytest.mark.slow

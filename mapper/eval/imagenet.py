@@ -8,6 +8,8 @@ space and classified by **B's own final layer**. Two maps are compared:
   the training folds. Labels are never used; augmented views multiply the inputs. Photos
   are split k-fold: a map is fitted on the training folds' photos (all their views) and
   tested on the held-out photos (the plain view), so no tested photo is seen in any view.
+- **rotation** from the same photos and folds: orthogonal Procrustes with one scale (the
+  2021 paper's rotation-only maps; semi-orthogonal where the dimensions differ);
 - **closed form** from the two heads (:func:`~mapper.core.heads.head_map`): no photos, so
   it is tested on every photo.
 
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from mapper.classifiers.runtimes import logits
 from mapper.core.heads import head_map
-from mapper.core.maps import AffineMap, EmbeddingMap, LinearMap
+from mapper.core.maps import AffineMap, EmbeddingMap, LinearMap, procrustes
 from mapper.errors import InvalidInput
 
 #: Ridge penalties for raw (unnormalised) classifier embeddings, whose squared norms are in
@@ -113,6 +115,33 @@ def fit_maps(
     return maps
 
 
+def rotation_maps(
+    m: Material, a: str, targets: Sequence[str], photos: np.ndarray, views: int
+) -> dict[str, AffineMap]:
+    """Rotation maps with one scale from A into each of ``targets``, fitted on ``photos`` in
+    their first ``views`` views: what :class:`~mapper.core.maps.RotationMap` fits without
+    normalisation (a test compares them), with A's centred embeddings computed once."""
+    X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1])
+    x_mean = X.mean(0, dtype=np.float64)
+    Xc = (X - x_mean).astype(np.float32)
+    maps = {}
+    for b in targets:
+        Y = m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1])
+        y_mean = Y.mean(0, dtype=np.float64)
+        rotation, scale, _ = procrustes(Xc, (Y - y_mean).astype(np.float32))
+        maps[b] = AffineMap.from_params(
+            rotation.astype(np.float64) * scale,
+            x_mean,
+            y_mean,
+            fit_info={"fitted_from": f"{len(photos)} photos x {views} views (rotation)", "scale": scale},
+            normalize_input=False,
+            normalize_output=False,
+            source_id=a,
+            target_id=b,
+        )
+    return maps
+
+
 def closed_form(m: Material, a: str, b: str) -> EmbeddingMap:
     return head_map(*m.heads[a], *m.heads[b], source_id=a, target_id=b)
 
@@ -131,17 +160,26 @@ def _scores(m: Material, a: str, b: str, mapped: np.ndarray, photos: np.ndarray)
     }
 
 
+def _fold_means(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """Each score's mean over folds, and top-1's standard deviation across them."""
+    out = {k: float(np.mean([f[k] for f in per_fold])) for k in per_fold[0]}
+    top1 = np.array([f["top1"] for f in per_fold])
+    out["top1_std"] = float(top1.std(ddof=1)) if len(top1) > 1 else 0.0
+    return out
+
+
 def experiment(
     m: Material, *, folds: int = 5, views: int | None = None, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
-    """Fitted (k-fold over photos) and closed-form maps for every ordered pair.
+    """Fitted and rotation maps (k-fold over photos) and closed-form maps for every ordered
+    pair.
 
     Returns ``{"native": {model: top1}, "pairs": [record per (A, B)]}``; a record holds, for
-    the fitted map, the mean and standard deviation of top-1 across folds and the mean
-    agreements with A's and B's own predictions; for the closed form the same on every
-    photo, with its logit residual; and how far apart the two maps are: the relative
-    Frobenius norm of their weights and of their outputs on the held-out photos, and how
-    often their predictions agree.
+    the fitted map and the rotation, the mean and standard deviation of top-1 across folds
+    and the mean agreements with A's and B's own predictions; for the closed form the same
+    on every photo, with its logit residual; and how far apart the fitted and closed-form
+    maps are: the relative Frobenius norm of their weights and of their outputs on the
+    held-out photos, and how often their predictions agree.
     """
     views = m.n_views if views is None else views
     if not 1 <= views <= m.n_views:
@@ -149,12 +187,15 @@ def experiment(
     n = len(m.y)
     splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
     everyone = np.arange(n)
-    fitted = {}  # (a, b) -> one map per fold
+    fitted: dict[tuple[str, str], list[AffineMap]] = {}  # (a, b) -> one map per fold
+    rotations: dict[tuple[str, str], list[AffineMap]] = {}
     for a in tqdm(m.models, desc="fitting from each model", unit="model", disable=not progress):
         targets = [b for b in m.models if b != a]
         for train, _ in splits:
             for b, fit in fit_maps(m, a, targets, train, views).items():
                 fitted.setdefault((a, b), []).append(fit)
+            for b, fit in rotation_maps(m, a, targets, train, views).items():
+                rotations.setdefault((a, b), []).append(fit)
     records = []
     for (a, b), fits in fitted.items():
         cf = closed_form(m, a, b)
@@ -174,14 +215,16 @@ def experiment(
                     ),
                 }
             )
-        top1 = np.array([f["top1"] for f in per_fold])
-        fitted_rec = {k: float(np.mean([f[k] for f in per_fold])) for k in per_fold[0]}
-        fitted_rec["top1_std"] = float(top1.std(ddof=1)) if len(top1) > 1 else 0.0
+        rotated = [
+            _scores(m, a, b, rot.transform(m.embeddings[a][0, test]), test)
+            for rot, (_, test) in zip(rotations[a, b], splits, strict=True)
+        ]
         records.append(
             {
                 "a": a,
                 "b": b,
-                "fitted": fitted_rec,
+                "fitted": _fold_means(per_fold),
+                "rotation": _fold_means(rotated),
                 "closed_form": {
                     **_scores(m, a, b, cf_out, everyone),
                     "logit_residual": cf.fit_info_["logit_residual"],
