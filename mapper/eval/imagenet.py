@@ -102,17 +102,25 @@ def fit_maps(
     for b, block, mu, scale in zip(targets, blocks, y_means, scales, strict=True):
         cols = slice(start, start + block.shape[1])
         start = cols.stop
-        maps[b] = AffineMap.from_params(
-            weight[:, cols] * scale,
-            x_mean,
-            mu,
-            fit_info={"fitted_from": f"{len(photos)} photos x {views} views (ridge)", "alpha": alpha},
-            normalize_input=False,
-            normalize_output=False,
-            source_id=a,
-            target_id=b,
-        )
+        fitted_from = f"{len(photos)} photos x {views} views (ridge)"
+        maps[b] = _raw_map(a, b, weight[:, cols] * scale, x_mean, mu, fitted_from=fitted_from, alpha=alpha)
     return maps
+
+
+def _raw_map(
+    a: str, b: str, weight: np.ndarray, x_mean: np.ndarray, y_mean: np.ndarray, **info: Any
+) -> AffineMap:
+    """An affine map on raw (unnormalised) classifier embeddings, from A to B."""
+    return AffineMap.from_params(
+        weight,
+        x_mean,
+        y_mean,
+        fit_info=info,
+        normalize_input=False,
+        normalize_output=False,
+        source_id=a,
+        target_id=b,
+    )
 
 
 def rotation_maps(
@@ -129,15 +137,9 @@ def rotation_maps(
         Y = m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1])
         y_mean = Y.mean(0, dtype=np.float64)
         rotation, scale, _ = procrustes(Xc, (Y - y_mean).astype(np.float32))
-        maps[b] = AffineMap.from_params(
-            rotation.astype(np.float64) * scale,
-            x_mean,
-            y_mean,
-            fit_info={"fitted_from": f"{len(photos)} photos x {views} views (rotation)", "scale": scale},
-            normalize_input=False,
-            normalize_output=False,
-            source_id=a,
-            target_id=b,
+        fitted_from = f"{len(photos)} photos x {views} views (rotation)"
+        maps[b] = _raw_map(
+            a, b, rotation.astype(np.float64) * scale, x_mean, y_mean, fitted_from=fitted_from, scale=scale
         )
     return maps
 
