@@ -404,18 +404,22 @@ def test_drain_under_load(tmp_path, heavy_store):
     drain, grace = 2.0, 4.0
     srv = start_server(tmp_path, heavy_store, "--drain", str(drain), "--grace", str(grace))
     results: list[str] = []
+    started_cancelled: list[float] = []  # when each call that ended CANCELLED was started
     stop = threading.Event()
     x = rng.standard_normal((2000, D)).astype(np.float32)  # ~0.3 s of work a call
 
     def client() -> None:
         with srv.client(timeout=30) as c:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
                     c.compare(x, "a", x, "b")
                     results.append("OK")
                 except grpc.RpcError as e:
                     results.append(e.code().name)
-                    if e.code() is grpc.StatusCode.UNAVAILABLE:
+                    if e.code() is grpc.StatusCode.CANCELLED:
+                        started_cancelled.append(started)
+                    if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                         return
 
     threads = [threading.Thread(target=client) for _ in range(4)]
@@ -437,4 +441,8 @@ def test_drain_under_load(tmp_path, heavy_store):
         t.join(10)
     assert code == 0
     assert took < drain + grace + 1, took
-    assert set(results) <= {"OK", "UNAVAILABLE"}, set(results)
+    # A call that reaches the server at the instant it stops may get CANCELLED rather than
+    # UNAVAILABLE (grpc/grpc#41785: calls not yet given to a handler are cancelled). Calls in
+    # flight before the drain ended must finish.
+    assert set(results) <= {"OK", "UNAVAILABLE", "CANCELLED"}, set(results)
+    assert all(s >= t0 + drain for s in started_cancelled), [s - t0 for s in started_cancelled]
