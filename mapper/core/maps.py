@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -425,14 +426,7 @@ class LinearMap(EmbeddingMap):
     def _cv_errors(
         self, Xc: np.ndarray, Yc: np.ndarray, gram: np.ndarray, cross: np.ndarray, groups: Any
     ) -> np.ndarray:
-        """Validation MSE per alpha, using one eigendecomposition per fold.
-
-        With ``V, s = eigh(G_train)``, ``P = X_val V`` and ``Q = V^T C_train``, the fold's
-        prediction is ``P diag(1/(s+a)) Q`` and its squared error expands to
-        ``|Y_val|^2 - 2 sum_i D_i a_i + D^T H D`` with ``a_i = sum_j (V^T C_val)_ij Q_ij`` and
-        ``H = (V^T G_val V) * (Q Q^T)``: every alpha then costs O(d^2), and all folds together
-        cost about one Gram matrix.
-        """
+        """Validation MSE per alpha (:func:`ridge_cv_errors` over this map's folds)."""
         if groups is not None:
             n_groups = np.unique(groups).size
             if n_groups < self.cv:
@@ -440,19 +434,45 @@ class LinearMap(EmbeddingMap):
             splits = GroupKFold(n_splits=self.cv).split(Xc, groups=groups)
         else:
             splits = KFold(self.cv, shuffle=True, random_state=self.random_state).split(Xc)
-        alphas = np.asarray(self.alphas, dtype=np.float64)
-        total = np.zeros_like(alphas)
-        for _, val in splits:
-            Xv, Yv = Xc[val], Yc[val]
-            g_val, c_val = Xv.T @ Xv, Xv.T @ Yv
-            s, V = np.linalg.eigh(gram - g_val)
-            s = np.clip(s, 0, None)
-            Q = V.T @ (cross - c_val)
-            a = np.einsum("ij,ij->i", V.T @ c_val, Q)
-            H = (V.T @ g_val @ V) * (Q @ Q.T)
-            D = 1.0 / (s[None, :] + alphas[:, None])  # (n_alphas, d)
-            total += (Yv**2).sum() - 2 * D @ a + np.einsum("ai,ij,aj->a", D, H, D)
-        return total / Xc.shape[0]
+        return ridge_cv_errors(Xc, Yc, gram, cross, splits, self.alphas)[0] / Xc.shape[0]
+
+
+def ridge_cv_errors(
+    Xc: np.ndarray,
+    Yc: np.ndarray,
+    gram: np.ndarray,
+    cross: np.ndarray,
+    splits: Iterable[tuple[np.ndarray, np.ndarray]],
+    alphas: Sequence[float],
+    column_groups: Sequence[slice] | None = None,
+) -> np.ndarray:
+    """Summed validation squared error of ridge (centred ``Xc`` (n, d) -> ``Yc`` (n, p), with
+    ``gram = Xc^T Xc`` and ``cross = Xc^T Yc``) per alpha over ``splits`` (train, validation
+    index pairs), as (groups, alphas): one row per slice of ``Yc``'s columns in
+    ``column_groups`` (default: all columns), so that each group can take its own alpha.
+
+    One eigendecomposition per fold: with ``V, s = eigh(G_train)``, ``P = X_val V`` and
+    ``Q = V^T C_train``, the fold's prediction is ``P diag(1/(s+a)) Q`` and its squared error
+    expands to ``|Y_val|^2 - 2 sum_i D_i a_i + D^T H D`` with ``a_i = sum_j (V^T C_val)_ij
+    Q_ij`` and ``H = (V^T G_val V) * (Q Q^T)``: every alpha then costs O(d^2), and all folds
+    together cost about one Gram matrix.
+    """
+    column_groups = [slice(None)] if column_groups is None else list(column_groups)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    total = np.zeros((len(column_groups), alphas.size))
+    for _, val in splits:
+        Xv, Yv = Xc[val], Yc[val]
+        g_val, c_val = Xv.T @ Xv, Xv.T @ Yv
+        s, V = np.linalg.eigh(gram - g_val)
+        s = np.clip(s, 0, None)
+        Q, VtC = V.T @ (cross - c_val), V.T @ c_val
+        G = V.T @ g_val @ V
+        D = 1.0 / (s[None, :] + alphas[:, None])  # (n_alphas, d)
+        for k, cols in enumerate(column_groups):
+            a = np.einsum("ij,ij->i", VtC[:, cols], Q[:, cols])
+            H = G * (Q[:, cols] @ Q[:, cols].T)
+            total[k] += (Yv[:, cols] ** 2).sum() - 2 * D @ a + np.einsum("ai,ij,aj->a", D, H, D)
+    return total
 
 
 class RotationMap(EmbeddingMap):

@@ -25,12 +25,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold, KFold
 from tqdm import tqdm
 
 from mapper.classifiers.runtimes import logits
 from mapper.core.heads import head_map
-from mapper.core.maps import AffineMap, EmbeddingMap, LinearMap, procrustes
+from mapper.core.maps import AffineMap, EmbeddingMap, procrustes, ridge_cv_errors
 from mapper.errors import InvalidInput
 
 #: Ridge penalties for raw (unnormalised) classifier embeddings, whose squared norms are in
@@ -69,41 +69,48 @@ def fit_maps(
     m: Material, a: str, targets: Sequence[str], photos: np.ndarray, views: int
 ) -> dict[str, AffineMap]:
     """Ridge maps from A into each of ``targets``, fitted on ``photos`` (indices) in their
-    first ``views`` views, as ``{target: map}``.
+    first ``views`` views, as ``{target: map}``, each with its own alpha.
 
     One ridge fit on the targets side by side: ridge solves each output column on its own,
-    so this equals one fit per pair with the same alpha, at a fraction of the cost (the
-    eigendecompositions depend on A only). Each target is scaled to unit RMS norm first, so
-    that each weighs the same in the cross-validation that chooses the shared alpha; its
-    folds keep each photo's views together. That choice needs only the validation error
-    summed over all outputs, which a random projection of the outputs keeps in expectation,
-    so :class:`LinearMap` cross-validates on :data:`CV_OUTPUTS` projected outputs, and the
-    full width is then solved once with its alpha (the same normal equations; a test
-    compares the two).
+    so this equals one fit per pair, at a fraction of the cost (the eigendecompositions
+    depend on A only). Each target's alpha is cross-validated on its own outputs, in folds
+    that keep each photo's views together (:func:`~mapper.core.maps.ridge_cv_errors`, the
+    CV :class:`~mapper.core.maps.LinearMap` runs). Only the validation error summed over a target's outputs
+    matters, which a random projection keeps in expectation, so a target wider than
+    :data:`CV_OUTPUTS` is cross-validated on that many projected outputs; every target's
+    full width is then solved with its alpha (a test compares the maps with LinearMap's).
     """
     X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1]).astype(np.float64)
     blocks = [m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1]) for b in targets]
     y_means = [Y.mean(0, dtype=np.float64) for Y in blocks]
-    scales = [float(np.sqrt(((Y - mu) ** 2).sum(1).mean())) for Y, mu in zip(blocks, y_means, strict=True)]
-    # The two wide products in float32 (the outputs' width times n rows); the solve in float64.
-    Yc = np.hstack([(Y - mu) / s for Y, mu, s in zip(blocks, y_means, scales, strict=True)], dtype=np.float32)
-    rng = np.random.default_rng(0)
-    projection = (rng.normal(size=(Yc.shape[1], CV_OUTPUTS)) / np.sqrt(CV_OUTPUTS)).astype(np.float32)
-    alpha = (
-        LinearMap(alphas=ALPHAS, normalize_input=False, normalize_output=False)
-        .fit(X, Yc @ projection, groups=np.tile(photos, views))
-        .alpha_
-    )
     x_mean = X.mean(0)
     Xc = X - x_mean
+    gram = Xc.T @ Xc
+    rng = np.random.default_rng(0)
+    projected, columns, start = [], [], 0
+    for Y, mu in zip(blocks, y_means, strict=True):
+        Y = (Y - mu).astype(np.float32)
+        if Y.shape[1] > CV_OUTPUTS:
+            Y = Y @ (rng.normal(size=(Y.shape[1], CV_OUTPUTS)) / np.sqrt(CV_OUTPUTS)).astype(np.float32)
+        projected.append(Y)
+        columns.append(slice(start, start + Y.shape[1]))
+        start += Y.shape[1]
+    Yp = np.hstack(projected, dtype=np.float64)
+    splits = GroupKFold(n_splits=5).split(Xc, groups=np.tile(photos, views))
+    errors = ridge_cv_errors(Xc, Yp, gram, Xc.T @ Yp, splits, ALPHAS, columns)
+    alphas = [ALPHAS[i] for i in errors.argmin(1)]
+    # The wide product in float32 (the outputs' width times n rows); the solves in float64.
+    Yc = np.hstack([Y - mu for Y, mu in zip(blocks, y_means, strict=True)], dtype=np.float32)
     cross = (Xc.astype(np.float32).T @ Yc).astype(np.float64)
-    weight = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(X.shape[1]), cross)
+    eig, V = np.linalg.eigh(gram)
+    eig = np.clip(eig, 0, None)
     maps, start = {}, 0
-    for b, block, mu, scale in zip(targets, blocks, y_means, scales, strict=True):
+    for b, block, mu, alpha in zip(targets, blocks, y_means, alphas, strict=True):
         cols = slice(start, start + block.shape[1])
         start = cols.stop
+        weight = V @ ((V.T @ cross[:, cols]) / (eig + alpha)[:, None])
         fitted_from = f"{len(photos)} photos x {views} views (ridge)"
-        maps[b] = _raw_map(a, b, weight[:, cols] * scale, x_mean, mu, fitted_from=fitted_from, alpha=alpha)
+        maps[b] = _raw_map(a, b, weight, x_mean, mu, fitted_from=fitted_from, alpha=alpha)
     return maps
 
 
