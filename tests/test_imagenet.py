@@ -196,7 +196,8 @@ def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_in
     for r in res["pairs"]:
         assert 0 < r["fitted"]["top1_std"] < 0.2
         assert r["fitted"]["top1"] > 0.05  # 50x chance from 200 photos
-        assert 0 < r["rotation"]["top1"] <= 1 and 0 <= r["rotation"]["top1_std"] < 0.2
+        for kind in ("rotation", "towards_rotation"):
+            assert 0 < r[kind]["top1"] <= 1 and 0 <= r[kind]["top1_std"] < 0.2
         exact = registry.get(r["b"]).dim >= 999
         assert (r["closed_form"]["logit_residual"] < 1e-6) == exact
         if exact:
@@ -245,6 +246,26 @@ def test_the_joint_fit_gives_each_target_the_alpha_its_own_cv_chooses():
             maps[b].transform(X[0, 100:]), alone.transform(X[0, 100:]), rtol=0, atol=1e-3
         )
     assert maps["c"].fit_info_["alpha"] < maps["n"].fit_info_["alpha"]
+
+
+def test_ridge_towards_a_map_is_that_map_plus_ridge_on_what_it_leaves():
+    """fit_maps(towards=...) shrinks each ridge towards the given map's weight: the same as
+    ridge (with the alpha its CV chose) on the residual of that map, added to it."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(2, 120, 40)).astype(np.float32)
+    Y = (X @ rng.normal(size=(40, 30)) + rng.normal(size=(2, 120, 30))).astype(np.float32)
+    heads = {k: (rng.normal(size=(10, d)), np.zeros(10)) for k, d in (("p", 40), ("q", 30))}
+    m = imagenet.Material(["p", "q"], np.arange(120) % 10, {"p": X, "q": Y}, heads)
+    photos_ = np.arange(100)
+    rotation = imagenet.rotation_maps(m, "p", ["q"], photos_, 2)
+    fit = imagenet.fit_maps(m, "p", ["q"], photos_, 2, towards=rotation)["q"]
+    Xf, Yf = X[:2, photos_].reshape(-1, 40).astype(np.float64), Y[:2, photos_].reshape(-1, 30)
+    residual = Yf - (Xf - Xf.mean(0)) @ rotation["q"].weight_
+    ref = LinearMap(alpha=fit.fit_info_["alpha"], normalize_input=False, normalize_output=False).fit(
+        Xf, residual
+    )
+    np.testing.assert_allclose(fit.weight_, rotation["q"].weight_ + ref.weight_, rtol=0, atol=1e-4)
+    assert not np.allclose(fit.weight_, imagenet.fit_maps(m, "p", ["q"], photos_, 2)["q"].weight_, atol=1e-3)
 
 
 @pytest.mark.parametrize("d_b", [48, 64, 80])

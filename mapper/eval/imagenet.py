@@ -10,6 +10,8 @@ space and classified by **B's own final layer**. Two maps are compared:
   tested on the held-out photos (the plain view), so no tested photo is seen in any view.
 - **rotation** from the same photos and folds: orthogonal Procrustes with one scale (the
   2021 paper's rotation-only maps; semi-orthogonal where the dimensions differ);
+- **ridge towards the rotation**: ridge whose penalty pulls towards that rotation rather
+  than towards zero (ridge on what the rotation leaves unexplained);
 - **closed form** from the two heads (:func:`~mapper.core.heads.head_map`): no photos, so
   it is tested on every photo.
 
@@ -66,10 +68,17 @@ class Material:
 
 
 def fit_maps(
-    m: Material, a: str, targets: Sequence[str], photos: np.ndarray, views: int
+    m: Material,
+    a: str,
+    targets: Sequence[str],
+    photos: np.ndarray,
+    views: int,
+    towards: dict[str, AffineMap] | None = None,
 ) -> dict[str, AffineMap]:
     """Ridge maps from A into each of ``targets``, fitted on ``photos`` (indices) in their
-    first ``views`` views, as ``{target: map}``, each with its own alpha.
+    first ``views`` views, as ``{target: map}``, each with its own alpha. With ``towards``
+    (a map per target, fitted on the same rows), each ridge shrinks towards that map's
+    weight instead of towards zero: it is ridge on what that map leaves unexplained.
 
     One ridge fit on the targets side by side: ridge solves each output column on its own,
     so this equals one fit per pair, at a fraction of the cost (the eigendecompositions
@@ -86,10 +95,19 @@ def fit_maps(
     x_mean = X.mean(0)
     Xc = X - x_mean
     gram = Xc.T @ Xc
+    priors = [
+        np.zeros((X.shape[1], Y.shape[1])) if towards is None else towards[b].weight_
+        for b, Y in zip(targets, blocks, strict=True)
+    ]
+    # What is left to fit, centred, in float32 (the outputs' width times n rows).
+    Xc32 = Xc.astype(np.float32)
+    blocks = [
+        (Y - mu).astype(np.float32) - (0 if towards is None else Xc32 @ P.astype(np.float32))
+        for Y, mu, P in zip(blocks, y_means, priors, strict=True)
+    ]
     rng = np.random.default_rng(0)
     projected, columns, start = [], [], 0
-    for Y, mu in zip(blocks, y_means, strict=True):
-        Y = (Y - mu).astype(np.float32)
+    for Y in blocks:
         if Y.shape[1] > CV_OUTPUTS:
             Y = Y @ (rng.normal(size=(Y.shape[1], CV_OUTPUTS)) / np.sqrt(CV_OUTPUTS)).astype(np.float32)
         projected.append(Y)
@@ -99,17 +117,17 @@ def fit_maps(
     splits = GroupKFold(n_splits=5).split(Xc, groups=np.tile(photos, views))
     errors = ridge_cv_errors(Xc, Yp, gram, Xc.T @ Yp, splits, ALPHAS, columns)
     alphas = [ALPHAS[i] for i in errors.argmin(1)]
-    # The wide product in float32 (the outputs' width times n rows); the solves in float64.
-    Yc = np.hstack([Y - mu for Y, mu in zip(blocks, y_means, strict=True)], dtype=np.float32)
-    cross = (Xc.astype(np.float32).T @ Yc).astype(np.float64)
+    # The wide product in float32; the solves in float64.
+    cross = (Xc32.T @ np.hstack(blocks)).astype(np.float64)
     eig, V = np.linalg.eigh(gram)
     eig = np.clip(eig, 0, None)
+    how = "ridge" if towards is None else "ridge towards the given map"
     maps, start = {}, 0
-    for b, block, mu, alpha in zip(targets, blocks, y_means, alphas, strict=True):
+    for b, block, mu, alpha, prior in zip(targets, blocks, y_means, alphas, priors, strict=True):
         cols = slice(start, start + block.shape[1])
         start = cols.stop
-        weight = V @ ((V.T @ cross[:, cols]) / (eig + alpha)[:, None])
-        fitted_from = f"{len(photos)} photos x {views} views (ridge)"
+        weight = prior + V @ ((V.T @ cross[:, cols]) / (eig + alpha)[:, None])
+        fitted_from = f"{len(photos)} photos x {views} views ({how})"
         maps[b] = _raw_map(a, b, weight, x_mean, mu, fitted_from=fitted_from, alpha=alpha)
     return maps
 
@@ -180,15 +198,15 @@ def _fold_means(per_fold: list[dict[str, float]]) -> dict[str, float]:
 def experiment(
     m: Material, *, folds: int = 5, views: int | None = None, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
-    """Fitted and rotation maps (k-fold over photos) and closed-form maps for every ordered
-    pair.
+    """Fitted maps (ridge, rotation, ridge towards the rotation; k-fold over photos) and
+    closed-form maps for every ordered pair.
 
     Returns ``{"native": {model: top1}, "pairs": [record per (A, B)]}``; a record holds, for
-    the fitted map and the rotation, the mean and standard deviation of top-1 across folds
-    and the mean agreements with A's and B's own predictions; for the closed form the same
-    on every photo, with its logit residual; and how far apart the fitted and closed-form
-    maps are: the relative Frobenius norm of their weights and of their outputs on the
-    held-out photos, and how often their predictions agree.
+    each fitted kind, the mean and standard deviation of top-1 across folds and the mean
+    agreements with A's and B's own predictions; for the closed form the same on every
+    photo, with its logit residual; and how far apart the ridge and closed-form maps are:
+    the relative Frobenius norm of their weights and of their outputs on the held-out
+    photos, and how often their predictions agree.
     """
     views = m.n_views if views is None else views
     if not 1 <= views <= m.n_views:
@@ -197,14 +215,25 @@ def experiment(
     splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
     everyone = np.arange(n)
     fitted: dict[tuple[str, str], list[AffineMap]] = {}  # (a, b) -> one map per fold
-    rotations: dict[tuple[str, str], list[AffineMap]] = {}
+    # The other fitted kinds are scored at once: five folds of 56 maps of each kind would
+    # take gigabytes.
+    held_out: dict[str, dict[tuple[str, str], list[dict[str, float]]]] = {
+        "rotation": {},
+        "towards_rotation": {},
+    }
     for a in tqdm(m.models, desc="fitting from each model", unit="model", disable=not progress):
         targets = [b for b in m.models if b != a]
-        for train, _ in splits:
+        for train, test in splits:
             for b, fit in fit_maps(m, a, targets, train, views).items():
                 fitted.setdefault((a, b), []).append(fit)
-            for b, fit in rotation_maps(m, a, targets, train, views).items():
-                rotations.setdefault((a, b), []).append(fit)
+            rotations = rotation_maps(m, a, targets, train, views)
+            for kind, maps in (
+                ("rotation", rotations),
+                ("towards_rotation", fit_maps(m, a, targets, train, views, towards=rotations)),
+            ):
+                for b, fit in maps.items():
+                    mapped = fit.transform(m.embeddings[a][0, test])
+                    held_out[kind].setdefault((a, b), []).append(_scores(m, a, b, mapped, test))
     records = []
     for (a, b), fits in fitted.items():
         cf = closed_form(m, a, b)
@@ -224,16 +253,13 @@ def experiment(
                     ),
                 }
             )
-        rotated = [
-            _scores(m, a, b, rot.transform(m.embeddings[a][0, test]), test)
-            for rot, (_, test) in zip(rotations[a, b], splits, strict=True)
-        ]
+
         records.append(
             {
                 "a": a,
                 "b": b,
                 "fitted": _fold_means(per_fold),
-                "rotation": _fold_means(rotated),
+                **{kind: _fold_means(scores[a, b]) for kind, scores in held_out.items()},
                 "closed_form": {
                     **_scores(m, a, b, cf_out, everyone),
                     "logit_residual": cf.fit_info_["logit_residual"],
