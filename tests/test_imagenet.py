@@ -183,14 +183,20 @@ def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_in
     material, monkeypatch
 ):
     seen = []
-    real = imagenet.fit_maps
-    monkeypatch.setattr(
-        imagenet, "fit_maps", lambda m, a, b, p, v: seen.append(set(p)) or real(m, a, b, p, v)
-    )
+    for name in ("fit_maps", "rotation_maps"):  # every fitted kind
+        real = getattr(imagenet, name)
+        monkeypatch.setattr(
+            imagenet,
+            name,
+            lambda m, a, b, p, v, real=real, **kw: seen.append(frozenset(p)) or real(m, a, b, p, v, **kw),
+        )
     res = imagenet.experiment(material, folds=3, views=2, progress=False)
     # Each fit's photos are two folds; the third fold, tested, is disjoint from them.
-    folds = seen[:3]
-    assert all(len(s) == 200 for s in seen) and set.union(*folds) == set(range(300))
+    folds = set(seen)
+    assert len(seen) == 3 * 3 * 3  # 3 sources x 3 folds x (ridge, rotation, ridge towards it)
+    assert (
+        len(folds) == 3 and all(len(s) == 200 for s in folds) and frozenset().union(*folds) == set(range(300))
+    )
     assert all(len(a & b) == 100 for a in folds for b in folds if a is not b)
     assert len(res["pairs"]) == 6
     for r in res["pairs"]:
