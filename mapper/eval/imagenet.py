@@ -1,7 +1,7 @@
 """The 2020 paper's classification experiment: ImageNet classifiers mapped into each other.
 
 For every ordered pair (A, B) of classifiers, A's penultimate embedding is mapped into B's
-space and classified by **B's own final layer**. Two maps are compared:
+space and classified by **B's own final layer**. Four maps are compared:
 
 - **fitted** from photos: ridge regression (:class:`~mapper.core.maps.LinearMap`) on pairs
   of embeddings of the same inputs, alpha chosen by photo-disjoint cross-validation inside
@@ -84,10 +84,11 @@ def fit_maps(
     so this equals one fit per pair, at a fraction of the cost (the eigendecompositions
     depend on A only). Each target's alpha is cross-validated on its own outputs, in folds
     that keep each photo's views together (:func:`~mapper.core.maps.ridge_cv_errors`, the
-    CV :class:`~mapper.core.maps.LinearMap` runs). Only the validation error summed over a target's outputs
-    matters, which a random projection keeps in expectation, so a target wider than
-    :data:`CV_OUTPUTS` is cross-validated on that many projected outputs; every target's
-    full width is then solved with its alpha (a test compares the maps with LinearMap's).
+    CV that :class:`~mapper.core.maps.LinearMap` runs). Only the validation error summed
+    over a target's outputs matters, which a random projection keeps in expectation, so a
+    target wider than :data:`CV_OUTPUTS` is cross-validated on that many projected outputs;
+    every target's full width is then solved with its alpha (tests compare the maps with
+    LinearMap's).
     """
     X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1]).astype(np.float64)
     blocks = [m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1]) for b in targets]
@@ -95,14 +96,11 @@ def fit_maps(
     x_mean = X.mean(0)
     Xc = X - x_mean
     gram = Xc.T @ Xc
-    priors = [
-        np.zeros((X.shape[1], Y.shape[1])) if towards is None else towards[b].weight_
-        for b, Y in zip(targets, blocks, strict=True)
-    ]
+    priors = [0.0 if towards is None else towards[b].weight_ for b in targets]
     # What is left to fit, centred, in float32 (the outputs' width times n rows).
     Xc32 = Xc.astype(np.float32)
     blocks = [
-        (Y - mu).astype(np.float32) - (0 if towards is None else Xc32 @ P.astype(np.float32))
+        (Y - mu).astype(np.float32) - (Xc32 @ P.astype(np.float32) if towards else 0)
         for Y, mu, P in zip(blocks, y_means, priors, strict=True)
     ]
     rng = np.random.default_rng(0)
