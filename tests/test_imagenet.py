@@ -247,7 +247,9 @@ def test_the_joint_fit_gives_each_target_the_alpha_its_own_cv_chooses():
             m.embeddings[b][:2, photos_].reshape(-1, 30),
             groups=np.tile(photos_, 2),
         )
-        assert maps[b].fit_info_["alpha"] == alone.alpha_
+        # The same choice, up to a near tie that another CPU's last bits could break.
+        chosen = imagenet.ALPHAS.index(maps[b].fit_info_["alpha"])
+        assert alone.cv_mse_[chosen] <= alone.cv_mse_.min() * (1 + 1e-9)
         np.testing.assert_allclose(
             maps[b].transform(X[0, 100:]), alone.transform(X[0, 100:]), rtol=0, atol=1e-3
         )

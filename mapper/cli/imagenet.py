@@ -128,23 +128,16 @@ def _matrix(res: dict[str, Any], models: list[str], which: str) -> np.ndarray:
 
 
 def summary(res: dict[str, Any]) -> dict[str, float]:
-    native = res["native"]
-    ratios = [r["fitted"]["top1"] / min(native[r["a"]], native[r["b"]]) for r in res["pairs"]]
-    exact = [r for r in res["pairs"] if r["closed_form"]["logit_residual"] < 1e-6]
+    native, pairs = res["native"], res["pairs"]
+    lower = np.array([min(native[r["a"]], native[r["b"]]) for r in pairs])
+    exact = [r for r in pairs if r["closed_form"]["logit_residual"] < 1e-6]
+    fitted_kinds = {}
+    for kind in ("fitted", "rotation", "towards_rotation"):
+        top1 = np.array([r[kind]["top1"] for r in pairs])
+        fitted_kinds[f"{kind}_mean_top1"] = float(top1.mean())
+        fitted_kinds[f"{kind}_mean_ratio_to_lower_native"] = float((top1 / lower).mean())
     return {
-        "fitted_mean_top1": float(np.mean([r["fitted"]["top1"] for r in res["pairs"]])),
-        "fitted_mean_ratio_to_lower_native": float(np.mean(ratios)),
-        **{
-            f"{kind}_{stat}": float(np.mean(values))
-            for kind in ("rotation", "towards_rotation")
-            for stat, values in (
-                ("mean_top1", [r[kind]["top1"] for r in res["pairs"]]),
-                (
-                    "mean_ratio_to_lower_native",
-                    [r[kind]["top1"] / min(native[r["a"]], native[r["b"]]) for r in res["pairs"]],
-                ),
-            )
-        },
+        **fitted_kinds,
         "closed_form_mean_top1": float(np.mean([r["closed_form"]["top1"] for r in res["pairs"]])),
         "closed_form_exact_pairs": len(exact),
         "closed_form_exact_min_agreement_with_a": float(

@@ -161,7 +161,9 @@ class Admission:
             return
         with self._lock:
             level = self._byte_bucket(client, rate).level
-            reading = self._reading.setdefault(client, deque())
+            reading = self._reading.get(client)
+            if reading is None:
+                reading = self._reading[client] = deque()
             now = self._clock()
             while reading and now - reading[0] > READ_EXPIRY:  # a read that never came
                 reading.popleft()
