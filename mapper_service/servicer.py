@@ -15,7 +15,6 @@ import contextvars
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
 
 import grpc
 
@@ -26,6 +25,7 @@ from mapper.serving.catalog import check_name
 from mapper.serving.translator import Comparison, Cost, Job, T, Translator
 
 from . import convert, metrics
+from .compute import ComputeThreads
 from .gen import mapper_pb2 as pb
 from .gen import mapper_pb2_grpc as pb_grpc
 
@@ -48,7 +48,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         self,
         translator: Translator,
         *,
-        compute: Executor,
+        compute: ComputeThreads,
         embedder: FaceEmbedder | None = None,
         admission: Admission | None = None,
         max_reply_bytes: int = 64 << 20,
@@ -101,8 +101,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         def stop() -> bool:
             return cancelled.is_set() or (deadline is not None and time.monotonic() > deadline)
 
-        future = asyncio.get_running_loop().run_in_executor(self.compute, job.run, stop)
-        future.add_done_callback(lambda _: ticket.release())  # when the thread is done, not before
+        future = self.compute.submit(lambda: job.run(stop), done=ticket.release)
         try:
             return await future
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed

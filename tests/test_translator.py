@@ -8,7 +8,6 @@ import gc
 import threading
 import weakref
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 
 import grpc
@@ -24,6 +23,7 @@ from mapper.serving.sqlite import SQLiteMapStore
 from mapper.serving.translator import Translator
 from mapper_service import metrics
 from mapper_service.client import MapperClient
+from mapper_service.compute import ComputeThreads
 from mapper_service.gen import mapper_pb2_grpc as pb_grpc
 from mapper_service.interceptors import ServiceInterceptor, status_for
 from mapper_service.servicer import MapperServicer
@@ -131,8 +131,7 @@ def test_interceptor_maps_errors_and_counts_streams(tmp_path):
     store.broken = True
     failed = metrics.REQUESTS.labels("TranslateStream", "NOT_FOUND")
     before = failed._value.get()
-    compute = futures.ThreadPoolExecutor(2)
-    with aio_server(MapperServicer(translator, compute=compute)) as port:
+    with ComputeThreads(2) as compute, aio_server(MapperServicer(translator, compute=compute)) as port:
         with MapperClient(f"127.0.0.1:{port}") as client:
             with pytest.raises(grpc.RpcError) as err:
                 client.list_mappings()
@@ -143,7 +142,6 @@ def test_interceptor_maps_errors_and_counts_streams(tmp_path):
                 list(client.translate_stream(batches, "a", "zzz"))
             assert err.value.code() is grpc.StatusCode.NOT_FOUND
             assert err.value.details().startswith("stream message 1:")
-    compute.shutdown()
     assert failed._value.get() == before + 1
 
 

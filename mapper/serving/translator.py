@@ -294,16 +294,20 @@ class Translator:
         # NaN/Inf are found by the map on the way (it reports the row of its block; the
         # whole input is scanned again only then, for the row number in the request).
         x = check_embeddings(x, name="embeddings", dim=m.n_features_in_, finite=False)
-        out = np.empty((x.shape[0], m.n_features_out_), np.float32)
+        blocks: list[np.ndarray] = []
 
         def work(i: int, j: int) -> None:
             try:
-                out[i:j] = m.transform(x[i:j])
+                blocks.append(m.transform(x[i:j]))
             except EmbeddingError:
                 check_finite(x, "embeddings")
                 raise
 
-        return Job(x.shape[0], work, lambda: (out, ref), _block(macs_per_row(m)))
+        def result() -> tuple[np.ndarray, MapRef]:
+            # One block (most requests) is the reply as it is: no copy.
+            return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), ref
+
+        return Job(x.shape[0], work, result, _block(macs_per_row(m)))
 
     def translate(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
