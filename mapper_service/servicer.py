@@ -17,15 +17,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+import numpy as np
 
 from mapper.errors import InvalidInput, LimitExceeded, TritonUnavailableError
 from mapper.faces.embed import FaceEmbedder
-from mapper.serving.admission import Admission
+from mapper.serving.admission import Admission, Ticket
 from mapper.serving.catalog import check_name
-from mapper.serving.translator import Comparison, Cost, Job, T, Translator
+from mapper.serving.translator import BLOCK_MACS, Comparison, Cost, Job, T, Translator
 
 from . import convert, metrics
-from .compute import ComputeThreads
+from .compute import Coalescer, ComputeThreads
 from .gen import mapper_pb2 as pb
 from .gen import mapper_pb2_grpc as pb_grpc
 
@@ -60,6 +61,13 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         self.admission = admission or Admission()
         self.max_reply_bytes = max_reply_bytes
         self.stream_idle = stream_idle
+        # Translate calls of one block each, on one map, waiting for a thread together.
+        self.batches: Coalescer[tuple[np.ndarray, int], np.ndarray] = Coalescer(
+            compute,
+            lambda route, items: translator.translate_many([x for x, _ in items], route),
+            size=lambda item: item[1],
+            limit=BLOCK_MACS,
+        )
 
     @staticmethod
     def _kind(value: int) -> str:
@@ -67,6 +75,17 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         if kind is None:
             raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
         return kind
+
+    def _admit(self, cost: Cost, request_bytes: int, what: str) -> Ticket:
+        """Admit a call by its cost, from the request's shape alone (a refused call never has
+        its embeddings' bytes read: for a 64 MiB request that is most of its cost)."""
+        if cost.reply_bytes > self.max_reply_bytes:
+            raise LimitExceeded(
+                f"the reply would be {cost.reply_bytes / 2**20:.1f} MiB, over the message limit of "
+                f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
+            )
+        nbytes = request_bytes + cost.reply_bytes
+        return self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
 
     async def _run(
         self,
@@ -76,16 +95,9 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         build: Callable[[], Job[T]],
         context: grpc.aio.ServicerContext,
     ) -> T:
-        """Admit a call by its cost, from the request's shape alone (a refused call never has
-        its embeddings' bytes read: for a 64 MiB request that is most of its cost), then
-        ``build`` its job and run it, inline when small, and stop it if the call ends first."""
-        if cost.reply_bytes > self.max_reply_bytes:
-            raise LimitExceeded(
-                f"the reply would be {cost.reply_bytes / 2**20:.1f} MiB, over the message limit of "
-                f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
-            )
-        nbytes = request_bytes + cost.reply_bytes
-        ticket = self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
+        """Admit a call by its cost (:meth:`_admit`), then ``build`` its job and run it,
+        inline when small, and stop it if the call ends first."""
+        ticket = self._admit(cost, request_bytes, what)
         try:
             job = build()
         except BaseException:
@@ -115,13 +127,24 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         target = check_name(request.target_model, "target_model")
         msg = request.embeddings
         route = self.translator.route(source, target, self._kind(request.kind))
-        y, ref = await self._run(
-            self.translator.translate_cost(route, msg.rows),
-            4 * msg.rows * msg.dim,
-            f"translating {msg.rows} rows from {source} to {target}",
-            lambda: self.translator.translate_job(convert.to_array(msg, "embeddings"), route),
-            context,
-        )
+        cost = self.translator.translate_cost(route, msg.rows)
+        what = f"translating {msg.rows} rows from {source} to {target}"
+        if INLINE_MACS < cost.macs <= BLOCK_MACS:  # one block: it may share a product
+            ticket = self._admit(cost, 4 * msg.rows * msg.dim, what)
+            try:
+                x = self.translator.translate_input(convert.to_array(msg, "embeddings"), route)
+            except BaseException:
+                ticket.release()
+                raise
+            y, ref = await self.batches.submit(route, (x, cost.macs), done=ticket.release), route.ref
+        else:
+            y, ref = await self._run(
+                cost,
+                4 * msg.rows * msg.dim,
+                what,
+                lambda: self.translator.translate_job(convert.to_array(msg, "embeddings"), route),
+                context,
+            )
         metrics.translated(source, target).inc(msg.rows)
         return pb.TranslateResponse(
             embeddings=convert.from_array(y),

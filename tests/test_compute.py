@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mapper_service.compute import ComputeThreads
+from mapper_service.compute import Coalescer, ComputeThreads
 
 
 def test_results_and_errors_reach_the_awaiting_call():
@@ -80,3 +80,51 @@ def test_shutdown_finishes_queued_work_and_runs_the_initializer_per_thread():
     compute.shutdown()
     assert sorted(done) == list(range(20))
     assert sorted(names) == ["compute_0", "compute_1"]
+
+
+def test_calls_of_one_key_waiting_together_run_as_one_within_the_limit():
+    busy, finish = threading.Event(), threading.Event()
+    batches: list[tuple[str, list[int]]] = []
+    released: list[int] = []
+
+    def run(key, items):
+        batches.append((key, list(items)))
+        return [ValueError(f"bad {i}") if i == 13 else f"{key}:{i}" for i in items]
+
+    def block() -> None:
+        busy.set()
+        finish.wait(10)
+
+    async def main() -> None:
+        with ComputeThreads(1) as compute:
+            coalescer = Coalescer(compute, run, size=lambda i: 1 if i < 100 else 10, limit=4)
+            compute.post(block)  # the only thread is busy: every call below waits
+            await asyncio.to_thread(busy.wait, 10)
+            a = [coalescer.submit("a", i, done=lambda i=i: released.append(i)) for i in (1, 2, 13, 4, 5)]
+            b = coalescer.submit("b", 7)
+            big = coalescer.submit("c", 100)
+            gone = coalescer.submit("b", 8, done=lambda: released.append(8))
+            gone.cancel()
+            finish.set()
+            assert await asyncio.gather(*a[:2], b, big) == ["a:1", "a:2", "b:7", "c:100"]
+            with pytest.raises(ValueError, match="bad 13"):
+                await a[2]  # its own error; the others in its batch succeed
+            assert await asyncio.gather(*a[3:]) == ["a:4", "a:5"]
+
+    asyncio.run(main())
+    # "a" waited together: one run up to the limit of 4, then the rest; "b" without the
+    # cancelled call, which never ran but was released.
+    assert batches == [("a", [1, 2, 13, 4]), ("b", [7]), ("c", [100]), ("a", [5])]
+    assert sorted(released) == [1, 2, 4, 5, 8, 13]
+
+
+def test_an_idle_coalescer_runs_each_call_at_once():
+    async def main() -> list[list[int]]:
+        seen: list[list[int]] = []
+        with ComputeThreads(2) as compute:
+            coalescer = Coalescer(compute, lambda k, items: seen.append(items) or items, size=len, limit=10)
+            for i in range(5):
+                assert await coalescer.submit("k", [i]) == [i]
+        return seen
+
+    assert asyncio.run(main()) == [[[i]] for i in range(5)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,3 +247,65 @@ def test_a_client_s_requests_are_read_one_at_a_time_once_its_byte_allowance_is_l
     adm.budgets = Budgets(client_bytes_per_s=0.01 * mib, client_burst_bytes=8 * mib)
     now[0] += READ_EXPIRY + 0.1
     adm.check_rate("c")  # ...stops counting after READ_EXPIRY
+
+
+def test_translate_many_equals_each_request_alone_and_a_nan_fails_only_its_request(translator):
+    route = translator.route("a", "b")
+    xs = [X[i : i + n].astype(np.float32) for i, n in ((0, 3), (3, 1), (4, 7))]
+    alone = [translator.translate_job(x, route).run()[0] for x in xs]
+    for got, want in zip(translator.translate_many(xs, route), alone, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # another product's blocking
+    bad = xs[2].copy()
+    bad[4, 0] = np.nan
+    got = translator.translate_many([xs[0], bad, xs[1]], route)
+    assert isinstance(got[1], EmbeddingError) and "row 4" in str(got[1])
+    np.testing.assert_allclose(got[0], alone[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], alone[1], rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_mid_size_translates_share_products_and_each_gets_its_own_rows(tmp_path):
+    """32 x 512 rows are over the inline limit and within one block: such calls waiting for
+    a compute thread together are applied as one product (mapper_service/compute.py)."""
+    d = 512
+    r = np.random.default_rng(1)
+    m = LinearMap(alpha=1.0, source_id="p", target_id="q").fit(
+        r.standard_normal((600, d)), r.standard_normal((600, d))
+    )
+    store = SQLiteMapStore(tmp_path / "maps.sqlite")
+    store.publish(mapfile.dumps(m))
+    translator = Translator(store)
+    requests = [r.standard_normal((32, d)).astype(np.float32) for _ in range(24)]
+    requests[5][17, 3] = np.nan
+    runs: list[int] = []
+    many = translator.translate_many
+    translator.translate_many = lambda xs, route: runs.append(len(xs)) or many(xs, route)  # counts products
+    servicer = MapperServicer(translator, compute=ComputeThreads(1))
+    go = threading.Event()
+    servicer.compute.post(lambda: go.wait(30))  # the thread is busy until calls queue up
+    with aio_server(servicer) as port:
+        results: dict[int, object] = {}
+
+        def send(i: int) -> None:
+            with MapperClient(f"127.0.0.1:{port}") as client:
+                try:
+                    results[i] = client.translate(requests[i], "p", "q")
+                except grpc.RpcError as e:
+                    results[i] = e
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while servicer.batches.waiting() < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.set()
+        for t in threads:
+            t.join(30)
+    servicer.compute.shutdown()
+    err = results.pop(5)
+    assert isinstance(err, grpc.RpcError) and err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "row 17" in err.details()
+    for i, (y, ref) in results.items():
+        np.testing.assert_allclose(y, m.transform(requests[i]), rtol=1e-5, atol=1e-6)
+        assert ref.map_id == "p->q:linear"
+    assert sum(runs) == len(requests) and max(runs) > 1  # some calls shared a product

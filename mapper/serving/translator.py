@@ -289,11 +289,8 @@ class Translator:
     def translate_job(self, x: np.ndarray, route: Route) -> Job[tuple[np.ndarray, MapRef]]:
         """A job turning (n, d_source) ``x`` into (n, d_target) float32 in the target's space
         along ``route``; its result names the map used."""
-        self.check_rows(x.shape[0], "embeddings")
         m, ref = route
-        # NaN/Inf are found by the map on the way (it reports the row of its block; the
-        # whole input is scanned again only then, for the row number in the request).
-        x = check_embeddings(x, name="embeddings", dim=m.n_features_in_, finite=False)
+        x = self.translate_input(x, route)
         blocks: list[np.ndarray] = []
 
         def work(i: int, j: int) -> None:
@@ -308,6 +305,30 @@ class Translator:
             return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), ref
 
         return Job(x.shape[0], work, result, _block(macs_per_row(m)))
+
+    def translate_input(self, x: np.ndarray, route: Route) -> np.ndarray:
+        """``x`` checked as a request's embeddings for ``route``: rows, dtype, dimension.
+        NaN/Inf are found by the map on the way (it reports the row of its block; the whole
+        input is scanned again only then, for the row number in the request)."""
+        self.check_rows(x.shape[0], "embeddings")
+        return check_embeddings(x, name="embeddings", dim=route.map.n_features_in_, finite=False)
+
+    def translate_many(self, xs: list[np.ndarray], route: Route) -> list[np.ndarray | Exception]:
+        """Several requests' embeddings ((n_i, d_source) each, from :meth:`translate_input`)
+        along one route as one product: each request's (n_i, d_target) float32, or the error
+        it alone would get (a request with a NaN fails alone). Meant for requests of one
+        block together (:data:`BLOCK_MACS`): it cannot be stopped half way."""
+        try:
+            y = route.map.transform(np.concatenate(xs) if len(xs) > 1 else xs[0])
+        except EmbeddingError:  # someone's bad rows: each request on its own
+            results: list[np.ndarray | Exception] = []
+            for x in xs:
+                try:
+                    results.append(self.translate_job(x, route).run()[0])
+                except EmbeddingError as e:
+                    results.append(e)
+            return results
+        return np.split(y, np.cumsum([len(x) for x in xs[:-1]]))
 
     def translate(
         self, x: np.ndarray, source: str, target: str, kind: str = "any"
