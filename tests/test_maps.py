@@ -108,6 +108,46 @@ def test_fast_cv_equals_brute_force_folds():
     assert m.alpha_ == alphas[int(np.argmin(brute))]
 
 
+def test_ridge_towards_the_rotation_is_the_rotation_plus_ridge_on_its_residual():
+    rng = np.random.default_rng(16)
+    X = rng.standard_normal((200, 30))
+    Y = X @ random_orthogonal(rng, 30)[:, :20] + 0.8 * rng.standard_normal((200, 20))
+    plain = dict(center=True, normalize_input=False, normalize_output=False)
+    m = LinearMap(alpha=3.0, towards="rotation", **plain).fit(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    rotation, scale, _ = maps.procrustes(Xc, Yc)
+    residual = Yc - Xc @ rotation * scale
+    want = rotation * scale + np.linalg.solve(Xc.T @ Xc + 3.0 * np.eye(30), Xc.T @ residual)
+    np.testing.assert_allclose(m.weight_, want, rtol=1e-8, atol=1e-10)
+    assert m.fit_info_["towards"] == "rotation"
+    # A huge penalty leaves the rotation; no penalty is least squares either way.
+    stiff = LinearMap(alpha=1e12, towards="rotation", **plain).fit(X, Y)
+    np.testing.assert_allclose(stiff.weight_, RotationMap(**plain).fit(X, Y).weight_, atol=1e-8)
+    free = LinearMap(alpha=0.0, towards="rotation", **plain).fit(X, Y)
+    np.testing.assert_allclose(free.weight_, LinearMap(alpha=0.0, **plain).fit(X, Y).weight_, atol=1e-8)
+    with pytest.raises(maps.FitError, match="towards"):
+        LinearMap(towards="zero", **plain).fit(X, Y)
+
+
+def test_cv_towards_the_rotation_fits_each_fold_s_rotation_on_its_training_rows():
+    rng = np.random.default_rng(17)
+    X = rng.standard_normal((240, 12))
+    Y = X @ random_orthogonal(rng, 12) + 1.5 * rng.standard_normal((240, 12))
+    alphas = (0.1, 10.0, 100.0, 1000.0)
+    plain = dict(normalize_input=False, normalize_output=False)
+    m = LinearMap(alphas=alphas, cv=4, random_state=2, towards="rotation", **plain).fit(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    brute = np.zeros(len(alphas))
+    for tr, va in KFold(4, shuffle=True, random_state=2).split(Xc):
+        rotation, scale, _ = maps.procrustes(Xc[tr], Yc[tr])
+        P = rotation * scale
+        for i, a in enumerate(alphas):
+            W = P + np.linalg.solve(Xc[tr].T @ Xc[tr] + a * np.eye(12), Xc[tr].T @ (Yc[tr] - Xc[tr] @ P))
+            brute[i] += ((Xc[va] @ W - Yc[va]) ** 2).sum()
+    np.testing.assert_allclose(m.cv_mse_, brute / 240, rtol=1e-8)
+    assert m.alpha_ == alphas[int(np.argmin(brute))]
+
+
 def test_cv_picks_strong_ridge_for_pure_noise_and_weak_for_clean_data():
     rng = np.random.default_rng(8)
     X = rng.standard_normal((400, 20))

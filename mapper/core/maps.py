@@ -360,10 +360,16 @@ class NonlinearMap(EmbeddingMap):
 class LinearMap(EmbeddingMap):
     """Ridge-regression map (the papers' linear map); d_source may differ from d_target.
 
-    Minimises ``||Xc W - Yc||^2 + alpha ||W||^2`` on centred, normalised pairs; with
+    Minimises ``||Xc W - Yc||^2 + alpha ||W - P||^2`` on centred, normalised pairs; with
     centring this is ridge regression with an unpenalised bias. ``alpha=None`` chooses
     alpha from ``alphas`` by k-fold cross-validation (identity-disjoint when ``groups`` are
     given to :meth:`fit`); ``alpha=0`` is plain least squares and needs full-rank input.
+
+    The prior ``P`` is zero (the papers' ridge) or, with ``towards="rotation"``, the
+    Procrustes rotation with one scale fitted on the same pairs: ridge on what the rotation
+    leaves unexplained, which keeps the rotation's scale where the pairs are noisy (pairs
+    of two photos of one person, ``mapper-train --pairing identity``). In cross-validation
+    each fold's rotation is fitted on its training rows only.
 
     Extra fitted attributes: ``alpha_`` and, with cross-validation, ``cv_mse_`` (mean
     validation squared error per alpha in ``alphas``).
@@ -378,6 +384,7 @@ class LinearMap(EmbeddingMap):
         alphas: tuple[float, ...] = DEFAULT_ALPHAS,
         cv: int = 5,
         random_state: int = 0,
+        towards: str | None = None,
         center: bool = True,
         normalize_input: bool = True,
         normalize_output: bool = True,
@@ -395,13 +402,24 @@ class LinearMap(EmbeddingMap):
         self.alphas = alphas
         self.cv = cv
         self.random_state = random_state
+        self.towards = towards
 
     def _min_pairs(self) -> int:
         return 2 * self.cv if self.alpha is None else 2
 
+    def _prior(self, Xc: np.ndarray, Yc: np.ndarray) -> np.ndarray | None:
+        """The weight the penalty pulls towards, fitted on these rows (None: zero)."""
+        if self.towards is None:
+            return None
+        if self.towards != "rotation":
+            raise FitError(f"towards must be None or 'rotation', got {self.towards!r}")
+        rotation, scale, _ = procrustes(Xc, Yc)
+        return rotation * scale
+
     def _fit_centered(self, Xc: np.ndarray, Yc: np.ndarray, groups: Any) -> dict[str, Any]:
+        prior = self._prior(Xc, Yc)
         gram = Xc.T @ Xc
-        cross = Xc.T @ Yc
+        cross = Xc.T @ (Yc if prior is None else Yc - Xc @ prior)
         eig = np.linalg.eigvalsh(gram)
         rank = _rank(eig, Xc.shape, self._sum_of_squares(Xc, self.source_mean_))
         if rank == 0:
@@ -421,12 +439,20 @@ class LinearMap(EmbeddingMap):
                 )
         self.alpha_ = alpha
         self.weight_ = np.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross)
-        return {"alpha": alpha, "source_rank": rank, "cv_folds": self.cv if self.alpha is None else None}
+        if prior is not None:
+            self.weight_ += prior
+        return {
+            "alpha": alpha,
+            "source_rank": rank,
+            "cv_folds": self.cv if self.alpha is None else None,
+            **({"towards": self.towards} if prior is not None else {}),
+        }
 
     def _cv_errors(
         self, Xc: np.ndarray, Yc: np.ndarray, gram: np.ndarray, cross: np.ndarray, groups: Any
     ) -> np.ndarray:
-        """Validation MSE per alpha (:func:`ridge_cv_errors` over this map's folds)."""
+        """Validation MSE per alpha (:func:`ridge_cv_errors` over this map's folds); with a
+        prior, each fold's is fitted on its training rows and its residual cross-validated."""
         if groups is not None:
             n_groups = np.unique(groups).size
             if n_groups < self.cv:
@@ -434,7 +460,13 @@ class LinearMap(EmbeddingMap):
             splits = GroupKFold(n_splits=self.cv).split(Xc, groups=groups)
         else:
             splits = KFold(self.cv, shuffle=True, random_state=self.random_state).split(Xc)
-        return ridge_cv_errors(Xc, Yc, gram, cross, splits, self.alphas)[0] / Xc.shape[0]
+        if self.towards is None:
+            return ridge_cv_errors(Xc, Yc, gram, cross, splits, self.alphas)[0] / Xc.shape[0]
+        total = np.zeros(len(self.alphas))
+        for train, val in splits:
+            residual = Yc - Xc @ self._prior(Xc[train], Yc[train])
+            total += ridge_cv_errors(Xc, residual, gram, Xc.T @ residual, [(train, val)], self.alphas)[0]
+        return total / Xc.shape[0]
 
 
 def ridge_cv_errors(

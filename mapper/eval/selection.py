@@ -51,11 +51,13 @@ def direct(kind: str, **settings: Any) -> Callable[[str | None, str | None], Emb
 
 
 #: Candidates mapper-train chooses among: the papers' two maps (ridge with its penalty by
-#: CV; rotation, which needs the fewest pairs), the polynomial kernel at three settings,
-#: and the ensemble of ridge, rotation and the d3/a3 kernel.
+#: CV; rotation, which needs the fewest pairs), ridge shrunk towards the rotation (for
+#: noisy pairs: two photos of one person), the polynomial kernel at three settings, and
+#: the ensemble of ridge, rotation and the d3/a3 kernel.
 DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("linear", direct("linear")),
     Recipe("rotation", direct("rotation")),
+    Recipe("linear-towards-rotation", direct("linear", towards="rotation")),
     Recipe("kernel-d2-a1", direct("kernel", degree=2, alpha=1.0)),
     Recipe("kernel-d3-a3", direct("kernel", degree=3, alpha=3.0)),
     Recipe("kernel-d3-a10", direct("kernel", degree=3, alpha=10.0)),
