@@ -1,8 +1,10 @@
-"""Threads that run admitted work off the event loop.
+"""Threads that run admitted work off the event loop, and calls that share their work.
 
 ``loop.run_in_executor`` costs about 100 us of CPU per call (a concurrent Future chained to
-an asyncio one, the executor's queue and its wake-ups): a third of a 32-row Translate's
-work. Here a call is one queue put and one ``call_soon_threadsafe``.
+an asyncio one, the executor's queue and its wake-ups): a tenth of a 32-row Translate's
+server time on 2 cores. Here a call is one queue put and one ``call_soon_threadsafe``;
+and calls on one map that wait for a thread together are run as one product
+(:class:`Coalescer`), as Triton's dynamic batcher does, without its delay.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from contextlib import suppress
 from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
-log = logging.getLogger("mapper.service")
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
+log = logging.getLogger("mapper.service")
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

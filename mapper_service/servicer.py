@@ -4,8 +4,10 @@ calls, protos out. Admin checks, errors and metrics are the interceptor's (``int
 The event loop only parses, admits and replies. A call's work is admitted by its cost before
 it starts (``mapper.serving.admission``); cheap work runs inline, the rest on the compute
 threads in row blocks, and stops within one block of the client cancelling or its deadline
-passing. Store reads and Triton calls run on the loop's default threads. So health checks
-and small calls are answered whatever the large ones, or idle streams, are doing.
+passing; Translate calls of one block on one map that wait for a thread together share a
+product (``compute.Coalescer``). Store reads and Triton calls run on the loop's default
+threads. So health checks and small calls are answered whatever the large ones, or idle
+streams, are doing.
 """
 
 from __future__ import annotations

@@ -7,7 +7,11 @@ seeded sample of as many image pairs; both fit the same kinds for every ordered 
 the four default models; both are evaluated on all pairs of the other people's photos,
 one side mapped. Prints mean TAR at FAR 1e-2 / 1e-3 / 1e-4 per kind and the gaps.
 
-    python -m tools.pairing_gap [--kinds linear tuned] [--seed 0]
+    python -m tools.pairing_gap [--models all] [--kinds linear tuned] [--seed 0]
+
+The four default models' embeddings come from the face zoo's ``lfw-embeddings.npz``; any
+other model's are embedded in-process (``--backend local``) into mapper-train's cache,
+and photos some model finds no face in are left out for all.
 """
 
 from __future__ import annotations
@@ -18,22 +22,38 @@ import time
 
 import numpy as np
 
-from mapper.datasets.face_zoo import identity_of, identity_split, load_lfw_embeddings
+from mapper.datasets.face_zoo import identity_of, identity_split, lfw_images_dir, load_lfw_embeddings
 from mapper.eval.crossmodel import Scored, cross_model_eval, fit_maps
 from mapper.eval.pairing import identity_pairs, image_pairs
 from mapper.eval.protocols import lfw_all_pairs
 from mapper.eval.selection import cohort_rows
-from mapper.faces.registry import DEFAULT_MODELS
+from mapper.faces.cache import EmbeddingCache, embed_images
+from mapper.faces.registry import BUILTIN, DEFAULT_MODELS
+from mapper.triton.embedding import face_embedder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="or 'all' (the ten)")
+    ap.add_argument("--cache", default=".cache/embeddings.sqlite", help="embedding cache (mapper-train's)")
     ap.add_argument("--kinds", nargs="+", default=["linear", "tuned"])
     ap.add_argument("--seed", type=int, default=0, help="identity split and samples (mapper-train's default)")
     ap.add_argument("--json", help="also write the summary here")
     args = ap.parse_args()
     names, emb = load_lfw_embeddings()
-    models = list(DEFAULT_MODELS)
+    models = [m.name for m in BUILTIN] if args.models == ["all"] else args.models
+    missing = [m for m in models if m not in emb]
+    if missing:
+        images = lfw_images_dir()
+        with face_embedder("local", models=missing) as embedder:
+            cache = EmbeddingCache(args.cache)
+            failed: set[int] = set()
+            for m in missing:
+                emb[m], bad = embed_images(embedder, [images / str(n) for n in names], m, cache)
+                failed |= set(bad)
+        keep = np.setdiff1d(np.arange(len(names)), sorted(failed))
+        print(f"{len(failed)} photos without a face for some model: left out", flush=True)
+        names, emb = names[keep], {m: emb[m][keep] for m in models}
     fit = identity_split(names, 0.5, args.seed)
     ids = np.array([identity_of(str(n)) for n in names])
     fitting = {m: emb[m][fit].astype(np.float32) for m in models}
@@ -50,7 +70,7 @@ def main() -> None:
         maps, _ = fit_maps(pairs, tuple(args.kinds), cohort=cohort)
         res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds)
         summary[label] = res.summary()
-        print(f"{pairs.describe()}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{len(models)} models, {pairs.describe()}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"{'kind':<16}{'image pairs':>27}  {'identity pairs':>27}  {'gap':>24}")
     for kind in summary["image"]:
         a, b = summary["image"][kind], summary["identity"][kind]
