@@ -4,7 +4,7 @@ same number of image pairs, on the LFW protocol of ``mapper-train --full``.
 The fitting people's photos (seeded identity split) give identity pairs (each person's
 photos split into an old half for A and a new half for B, ``--pairing identity``) and a
 seeded sample of as many image pairs; both fit the same kinds for every ordered pair of
-the four default models; both are evaluated on all pairs of the other people's photos,
+the models (default: the four default models); both are evaluated on all pairs of the other people's photos,
 one side mapped. Prints mean TAR at FAR 1e-2 / 1e-3 / 1e-4 per kind and the gaps.
 
     python -m tools.pairing_gap [--models all] [--kinds linear tuned] [--seed 0]

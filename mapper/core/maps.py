@@ -417,13 +417,13 @@ class LinearMap(EmbeddingMap):
         return rotation * scale
 
     def _fit_centered(self, Xc: np.ndarray, Yc: np.ndarray, groups: Any) -> dict[str, Any]:
-        prior = self._prior(Xc, Yc)
         gram = Xc.T @ Xc
-        cross = Xc.T @ (Yc if prior is None else Yc - Xc @ prior)
         eig = np.linalg.eigvalsh(gram)
         rank = _rank(eig, Xc.shape, self._sum_of_squares(Xc, self.source_mean_))
         if rank == 0:
             raise FitError("source embeddings are constant: nothing to fit a map from")
+        prior = self._prior(Xc, Yc)
+        cross = Xc.T @ (Yc if prior is None else Yc - Xc @ prior)
         if self.alpha is None:
             self.cv_mse_ = self._cv_errors(Xc, Yc, gram, cross, groups)
             alpha = float(np.asarray(self.alphas)[int(np.argmin(self.cv_mse_))])
