@@ -42,7 +42,7 @@ STORE_HEALTH = "facemapper.v1.MapStore"
 #: calls, whenever both want them.
 COMPUTE_NICENESS = 10
 #: Freed heap each malloc arena (one per busy thread) keeps for reuse (see _reuse_large_buffers).
-TRIM_BYTES = 16 << 20
+TRIM_BYTES = 4 << 20
 
 
 @dataclass
@@ -209,8 +209,10 @@ def _reuse_large_buffers() -> None:
     Compare took 30-55 ms of the event loop to copy and parse, 3.2 ms with its pages reused
     (measured on 2 cores). Serve them from the heap instead, and keep up to TRIM_BYTES freed
     at the top of each thread's heap rather than returning it at once (glibc's 128 KiB
-    then refaults a 256-row Translate's 2 MiB of buffers on every call: 500 page faults,
-    a fifth of its CPU). No-op without glibc."""
+    then refaults a 256-row Translate's 2 MiB of buffers on every call: 560 page faults,
+    a fifth of its CPU; 50 with 4 MiB, 7 with 16 MiB, but with 16 MiB the victim's p99 in
+    bench_attack's maximal scenario was 40-67 ms in 4 of 5 runs, against 15-19 ms in 3 of
+    3 with 4 MiB). No-op without glibc."""
     with suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
