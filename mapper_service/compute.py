@@ -71,6 +71,7 @@ class ComputeThreads:
                     log.exception("compute task failed")
                 continue
             result = error = None
+            # Read from this thread: at worst a call cancelled this instant still runs.
             if not future.cancelled():  # a call given up while queued costs nothing
                 try:
                     result = fn()

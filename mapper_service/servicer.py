@@ -17,6 +17,7 @@ import contextvars
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -37,6 +38,7 @@ from .gen import mapper_pb2_grpc as pb_grpc
 INLINE_MACS = 2**22
 #: The client a call came from (its token's name), set by the interceptor for rate limits.
 CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("client", default=None)
+B = TypeVar("B")
 
 
 class MapperServicer(pb_grpc.MapperServiceServicer):
@@ -78,16 +80,22 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
         return kind
 
-    def _admit(self, cost: Cost, request_bytes: int, what: str) -> Ticket:
+    def _admit(self, cost: Cost, request_bytes: int, what: str, build: Callable[[], B]) -> tuple[Ticket, B]:
         """Admit a call by its cost, from the request's shape alone (a refused call never has
-        its embeddings' bytes read: for a 64 MiB request that is most of its cost)."""
+        its embeddings' bytes read: for a 64 MiB request that is most of its cost), then
+        ``build`` its work; the ticket is returned unless building fails."""
         if cost.reply_bytes > self.max_reply_bytes:
             raise LimitExceeded(
                 f"the reply would be {cost.reply_bytes / 2**20:.1f} MiB, over the message limit of "
                 f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
             )
         nbytes = request_bytes + cost.reply_bytes
-        return self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
+        ticket = self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
+        try:
+            return ticket, build()
+        except BaseException:
+            ticket.release()
+            raise
 
     async def _run(
         self,
@@ -99,12 +107,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
     ) -> T:
         """Admit a call by its cost (:meth:`_admit`), then ``build`` its job and run it,
         inline when small, and stop it if the call ends first."""
-        ticket = self._admit(cost, request_bytes, what)
-        try:
-            job = build()
-        except BaseException:
-            ticket.release()
-            raise
+        ticket, job = self._admit(cost, request_bytes, what, build)
         if cost.macs <= INLINE_MACS:
             with ticket:
                 return job.run()
@@ -132,12 +135,12 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         cost = self.translator.translate_cost(route, msg.rows)
         what = f"translating {msg.rows} rows from {source} to {target}"
         if INLINE_MACS < cost.macs <= BLOCK_MACS:  # one block: it may share a product
-            ticket = self._admit(cost, 4 * msg.rows * msg.dim, what)
-            try:
-                x = self.translator.translate_input(convert.to_array(msg, "embeddings"), route)
-            except BaseException:
-                ticket.release()
-                raise
+            ticket, x = self._admit(
+                cost,
+                4 * msg.rows * msg.dim,
+                what,
+                lambda: self.translator.translate_input(convert.to_array(msg, "embeddings"), route),
+            )
             y, ref = await self.batches.submit(route, (x, cost.macs), done=ticket.release), route.ref
         else:
             y, ref = await self._run(

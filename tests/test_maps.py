@@ -145,7 +145,7 @@ def test_cv_towards_the_rotation_fits_each_fold_s_rotation_on_its_training_rows(
             W = P + np.linalg.solve(Xc[tr].T @ Xc[tr] + a * np.eye(12), Xc[tr].T @ (Yc[tr] - Xc[tr] @ P))
             brute[i] += ((Xc[va] @ W - Yc[va]) ** 2).sum()
     np.testing.assert_allclose(m.cv_mse_, brute / 240, rtol=1e-8)
-    assert m.alpha_ == alphas[int(np.argmin(brute))]
+    assert brute[alphas.index(m.alpha_)] <= brute.min() * (1 + 1e-9)  # a near tie may go either way
 
 
 def test_cv_picks_strong_ridge_for_pure_noise_and_weak_for_clean_data():
