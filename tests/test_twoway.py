@@ -39,8 +39,8 @@ def maps():
 def test_two_way_scores_are_the_mean_of_both_directions(maps):
     forward, reverse = maps
     a, b = XA[:50].astype(np.float32), XB[:50].astype(np.float32)
-    there = forward.score_rows(forward.transform(a), b)
-    back = reverse.score_rows(reverse.transform(b), a)
+    there = forward.score_rows(forward.compare_input(a), b)
+    back = reverse.score_rows(reverse.compare_input(b), a)
     rows = twoway.two_way_rows(forward, reverse, a, b)
     np.testing.assert_allclose(rows, (there + back) / 2, atol=1e-6)
     np.testing.assert_allclose(np.diag(twoway.two_way_matrix(forward, reverse, a, b)), rows, atol=1e-5)
@@ -90,7 +90,7 @@ def test_compare_scores_both_ways_only_with_the_reverse_map_it_was_calibrated_wi
 
     alone = translator.compare(a, b, "a", "b", far=0.01)  # no b -> a map served yet
     assert alone.reverse_map is None and alone.scoring == "snorm" and alone.threshold == 0.9
-    np.testing.assert_allclose(alone.scores, forward.score_rows(forward.transform(a), b), atol=1e-5)
+    np.testing.assert_allclose(alone.scores, forward.score_rows(forward.compare_input(a), b), atol=1e-5)
 
     store.publish(mapfile.dumps(reverse))
     translator.reload()

@@ -266,6 +266,11 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """How Compare scores this map's output: the recorded scoring, else a plain cosine."""
         return self.scoring_ or COSINE
 
+    def compare_input(self, X: Any) -> np.ndarray:
+        """What Compare scores for A's templates X (n, d_source): the map's output, or X
+        itself when the scoring reads A's own templates (``llr``)."""
+        return X if self.score_space.reads_source else self.transform(X)
+
     def score_matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
         """(n, m) scores of this map's outputs (n, d_target) against native templates (m, d_target)."""
         return self.score_space.matrix(mapped, native)
@@ -313,7 +318,9 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.n_features_in_, self.n_features_out_ = self.weight_.shape
         self.fit_info_ = fit_info
         if "scoring" in fit_info:
-            self.scoring_ = ScoreSpace.from_state(fit_info["scoring"], tensors, self.n_features_out_)
+            self.scoring_ = ScoreSpace.from_state(
+                fit_info["scoring"], tensors, self.n_features_out_, self.n_features_in_
+            )
         self._set_bias()
 
 

@@ -26,13 +26,16 @@ from typing import Any
 import numpy as np
 from sklearn.covariance import ledoit_wolf
 
+from mapper.core.cca import canonical
 from mapper.core.validation import l2_normalize
 from mapper.errors import InvalidInput
 
 #: cosine: plain cosine in the target's space; centred: cosine after subtracting the
 #: target's fitted mean from both sides; snorm: centred, then normalised by each side's
-#: impostor-score spread under a Gaussian model of the other side's templates.
-SCORINGS = ("cosine", "centred", "snorm")
+#: impostor-score spread under a Gaussian model of the other side's templates; llr: the
+#: likelihood ratio of a canonical-correlation model of A's and B's templates
+#: (mapper.core.cca), which reads A's own template, not the map's output.
+SCORINGS = ("cosine", "centred", "snorm", "llr")
 _BLOCK = 4096
 
 
@@ -46,6 +49,12 @@ class ScoreSpace:
     matrix); a mapped template ``p`` is scored ``0.5 * s * (1 / sqrt(p^T C_native p) +
     1 / sqrt(q^T C_mapped q))`` against a native ``q``, ``s`` their centred cosine. No row
     of either side is stored.
+
+    ``llr`` is fitted on the pairs themselves (``source``: A's templates of the pairs) and
+    scores A's template, not the map's output, against B's (:attr:`reads_source`):
+    ``basis_source_`` (d_A, k), ``basis_native_`` (d_B, k), ``rho_`` (k,), the means
+    ``source_mean_`` and ``center_`` (:func:`mapper.core.cca.canonical` of unit rows). A
+    null row on either side (no face) scores -inf: it matches no one.
     """
 
     def __init__(self, method: str = "cosine") -> None:
@@ -53,7 +62,25 @@ class ScoreSpace:
             raise InvalidInput(f"scoring must be one of {SCORINGS}, got {method!r}")
         self.method = method
 
-    def fit(self, mapped: np.ndarray, native: np.ndarray, center: np.ndarray) -> ScoreSpace:
+    @property
+    def reads_source(self) -> bool:
+        """Whether Compare gives this space A's own templates rather than the map's outputs."""
+        return self.method == "llr"
+
+    def fit(
+        self, mapped: np.ndarray, native: np.ndarray, center: np.ndarray, source: np.ndarray | None = None
+    ) -> ScoreSpace:
+        """Fit on the pairs' map outputs ``mapped`` and B's templates ``native`` (n, d_B),
+        centred on ``center``; ``llr`` needs A's templates of the pairs, ``source`` (n, d_A)."""
+        if self.method == "llr":
+            if source is None:
+                raise InvalidInput("the llr scoring is fitted on A's templates of the pairs: give source")
+            c = canonical(*(l2_normalize(np.asarray(z, np.float32)) for z in (source, native)))
+            self.source_mean_, self.center_ = c.mean_x, c.mean_y
+            self.basis_source_, self.basis_native_, self.rho_ = (
+                z.astype(np.float32) for z in (c.basis_x, c.basis_y, c.rho)
+            )
+            return self
         self.center_ = np.asarray(center, np.float64)
         if self.method == "snorm":
             self.cov_mapped_ = _second_moment(self._prepare(mapped))
@@ -84,7 +111,25 @@ class ScoreSpace:
         out[null] = 0
         return out
 
+    def _llr(self, source: np.ndarray, native: np.ndarray, pairwise: bool) -> np.ndarray:
+        P, Q = l2_normalize(np.asarray(source, np.float32)), l2_normalize(np.asarray(native, np.float32))
+        U = (P - self.source_mean_.astype(np.float32)) @ self.basis_source_
+        V = (Q - self.center_.astype(np.float32)) @ self.basis_native_
+        w = 1 / (1 - self.rho_**2)
+        own = 0.5 * self.rho_**2 * w  # each side's own term, per dimension
+        a, b = (U**2) @ own, (V**2) @ own
+        if pairwise:
+            s = (U * (self.rho_ * w)) @ V.T - a[:, None] - b[None, :]
+            s[~P.any(axis=1)] = -np.inf
+            s[:, ~Q.any(axis=1)] = -np.inf
+        else:
+            s = np.einsum("ij,ij->i", U * (self.rho_ * w), V) - a - b
+            s[~(P.any(axis=1) & Q.any(axis=1))] = -np.inf
+        return s
+
     def _scores(self, mapped: np.ndarray, native: np.ndarray, pairwise: bool) -> np.ndarray:
+        if self.method == "llr":
+            return self._llr(mapped, native, pairwise).astype(np.float32, copy=False)
         P, Q = self._prepare(mapped), self._prepare(native)
         s = P @ Q.T if pairwise else np.einsum("ij,ij->i", P, Q)
         if self.method == "snorm":
@@ -94,7 +139,8 @@ class ScoreSpace:
         return s.astype(np.float32, copy=False)
 
     def matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
-        """(n_mapped, n_native) float32 scores of every mapped row against every native row."""
+        """(n_mapped, n_native) float32 scores of every mapped row (A's own rows when
+        :attr:`reads_source`) against every native row."""
         return self._scores(mapped, native, pairwise=True)
 
     def rows(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
@@ -106,6 +152,13 @@ class ScoreSpace:
         out = {"score.center": self.center_}
         if self.method == "snorm":
             out |= {"score.cov_mapped": self.cov_mapped_, "score.cov_native": self.cov_native_}
+        if self.method == "llr":
+            out |= {
+                "score.source_mean": self.source_mean_,
+                "score.basis_source": self.basis_source_,
+                "score.basis_native": self.basis_native_,
+                "score.rho": self.rho_,
+            }
         return out
 
     def info(self) -> dict[str, Any]:
@@ -113,9 +166,12 @@ class ScoreSpace:
         return {"kind": self.method, "statistics": "gaussian" if self.method == "snorm" else None}
 
     @classmethod
-    def from_state(cls, info: dict[str, Any], tensors: dict[str, np.ndarray], dim: int) -> ScoreSpace:
-        """The space a map file stored, for a target of ``dim`` dimensions (ValueError if
-        its tensors do not fit, or if it is an S-norm that stored templates as cohorts)."""
+    def from_state(
+        cls, info: dict[str, Any], tensors: dict[str, np.ndarray], dim: int, source_dim: int | None = None
+    ) -> ScoreSpace:
+        """The space a map file stored, for a target of ``dim`` (and a source of
+        ``source_dim``) dimensions (ValueError if its tensors do not fit, or if it is an
+        S-norm that stored templates as cohorts)."""
         space = cls(info["kind"])
         space.center_ = tensors["score.center"]
         shapes = [space.center_.shape == (dim,)]
@@ -128,6 +184,19 @@ class ScoreSpace:
             space.cov_mapped_ = tensors["score.cov_mapped"].astype(np.float32)
             space.cov_native_ = tensors["score.cov_native"].astype(np.float32)
             shapes += [c.shape == (dim, dim) for c in (space.cov_mapped_, space.cov_native_)]
+        if space.method == "llr":
+            names = ("source_mean", "basis_source", "basis_native", "rho")
+            if any(f"score.{n}" not in tensors for n in names):
+                raise ValueError("the llr scoring's tensors are missing")
+            space.source_mean_, space.basis_source_, space.basis_native_, space.rho_ = (
+                tensors[f"score.{n}"] for n in names
+            )
+            k = space.rho_.shape
+            shapes += [
+                space.basis_native_.shape == (dim, *k),
+                space.basis_source_.shape == (space.source_mean_.shape[0], *k),
+                source_dim is None or space.source_mean_.shape == (source_dim,),
+            ]
         if not all(shapes):
             raise ValueError(f"scoring tensors do not fit a {dim}-d target space")
         return space

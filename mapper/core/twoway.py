@@ -37,13 +37,13 @@ def reverse_of(
 def two_way_rows(forward: EmbeddingMap, reverse: EmbeddingMap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(n,) scores of row i of ``a`` (n, d_A) against row i of ``b`` (n, d_B): the mean of
     ``forward`` (A -> B) scoring in B's space and ``reverse`` (B -> A) in A's."""
-    there = forward.score_rows(forward.transform(a), b)
-    back = reverse.score_rows(reverse.transform(b), a)
+    there = forward.score_rows(forward.compare_input(a), b)
+    back = reverse.score_rows(reverse.compare_input(b), a)
     return (there + back) / 2
 
 
 def two_way_matrix(forward: EmbeddingMap, reverse: EmbeddingMap, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(n_a, n_b) scores of every row of ``a`` against every row of ``b``, as :func:`two_way_rows`."""
-    there = forward.score_matrix(forward.transform(a), b)
-    back = reverse.score_matrix(reverse.transform(b), a)
+    there = forward.score_matrix(forward.compare_input(a), b)
+    back = reverse.score_matrix(reverse.compare_input(b), a)
     return (there + back.T) / 2

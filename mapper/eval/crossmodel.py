@@ -197,9 +197,10 @@ def cross_model_eval(
             side_a, side_b = templates(mapping.transform(embeddings[A]))[1], native[B]
             if Scored(kind).compares:
                 m = mapping
+                side_a = templates(mapping.compare_input(embeddings[A]))[1]
                 reverse = reverse_of(maps, A, B, Scored(kind).map_kind)
                 if reverse is not None:
-                    back = (templates(reverse.transform(embeddings[B]))[1], native[A], reverse)
+                    back = (templates(reverse.compare_input(embeddings[B]))[1], native[A], reverse)
         tar, auc, curve = score(side_a, side_b, m, back)
         for f in fars:
             res.tar[kind][f][a, b] = tar[f]

@@ -83,7 +83,7 @@ def fit_recipe(
 
 def attach_scoring(m: EmbeddingMap, scoring: str, X: np.ndarray, Y: np.ndarray) -> EmbeddingMap:
     """Fit a :class:`ScoreSpace` of ``scoring`` on pairs (X, Y) and attach it to ``m``."""
-    return m.set_scoring(ScoreSpace(scoring).fit(m.transform(X), l2_normalize(Y), m.target_mean_))
+    return m.set_scoring(ScoreSpace(scoring).fit(m.transform(X), l2_normalize(Y), m.target_mean_, source=X))
 
 
 def cohort_rows(groups: Any, fraction: float = COHORT_FRACTION, seed: int = 0) -> np.ndarray | None:
@@ -131,7 +131,7 @@ def cross_validate(
             mapped = m.transform(X[val])
             for scoring in scorings:
                 attach_scoring(m, scoring, X[train], Y[train])
-                scores = m.score_matrix(mapped, Y[val])[iu]
+                scores = m.score_matrix(X[val] if m.score_space.reads_source else mapped, Y[val])[iu]
                 table[recipe.name][scoring] += [
                     tar_at_far_strict(scores[same], scores[~same], f)[0] for f in fars
                 ]

@@ -100,8 +100,8 @@ def compare_scores(
     """Compare's scores of the pairs (x[i[k]] of model A, y[j[k]] of model B): ``m``'s
     (A -> B) scoring in B's space; with ``reverse`` (B -> A), both ways
     (:mod:`mapper.core.twoway`). x: (n_a, d_A), y: (n_b, d_B) templates."""
-    s = pair_scores(l2_normalize(m.transform(x)), l2_normalize(y), i, j, matrix=m.score_matrix)
+    s = pair_scores(l2_normalize(m.compare_input(x)), l2_normalize(y), i, j, matrix=m.score_matrix)
     if reverse is not None:
-        back = l2_normalize(reverse.transform(y))
+        back = l2_normalize(reverse.compare_input(y))
         s = (s + pair_scores(back, l2_normalize(x), j, i, matrix=reverse.score_matrix)) / 2
     return s

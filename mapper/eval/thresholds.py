@@ -75,7 +75,7 @@ def out_of_fold_scores(
         fold = refit_like(m, x_src[train], x_dst[train], ids[train], statistics)
         a, b = x_src[val], x_dst[val]
         if reverse is None:
-            matrix = fold.score_matrix(fold.transform(a), b)
+            matrix = fold.score_matrix(fold.compare_input(a), b)
         else:
             back = refit_like(reverse, x_dst[train], x_src[train], ids[train], reverse_statistics)
             matrix = two_way_matrix(fold, back, a, b)

@@ -380,7 +380,7 @@ class Translator:
             if both is None:
 
                 def work(i: int, j: int) -> None:
-                    result.scores[i:j] = m.score_rows(m.transform(a[i:j]), b[i:j])
+                    result.scores[i:j] = m.score_rows(m.compare_input(a[i:j]), b[i:j])
 
             else:
                 reverse, result.reverse_map = both
