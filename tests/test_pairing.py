@@ -200,8 +200,9 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
         out / "report.md"
     ).read_text()
     assert study["pairs"] == sorted(study["pairs"]) and set(study["tar"]) == {"image", "identity"}
-    for curve in study["tar"].values():  # more pairs, better maps: the last point beats the first
-        assert curve["0.01"][-1] > curve["0.01"][0]
+    assert set(study["compare"]) == {"image", "identity"}  # Compare by llr on the same pairs
+    for curve in [*study["tar"].values(), *study["compare"].values()]:
+        assert curve["0.01"][-1] > curve["0.01"][0]  # more pairs, better maps: the last point beats the first
     # the few-shot curve draws identity pairs too: its last point is every one of them
     n_pairs = results["provenance"]["fit_pairs"]
     assert results["fewshot"]["pairs"][-1] == n_pairs < results["provenance"]["fit_images"]

@@ -88,8 +88,16 @@ def _scored(recipe_map):
     return make
 
 
+def _llr(X, Y, g, cohort):
+    """A ridge map with Compare's llr scoring fitted on the same fitting people (as
+    select_map fits it: no cohort)."""
+    m = LinearMap(source_id=SFACE, target_id=REID).fit(X, Y, groups=g)
+    return attach_scoring(m, "llr", X, Y)
+
+
 KINDS = {
     "linear": _scored(lambda: LinearMap(source_id=SFACE, target_id=REID)),
+    "llr": _llr,
     "rotation": _scored(lambda: RotationMap(source_id=SFACE, target_id=REID)),
     "kernel": _scored(lambda: KernelMap(source_id=SFACE, target_id=REID)),
     "ensemble": _scored(lambda: EnsembleMap(source_id=SFACE, target_id=REID)),

@@ -272,7 +272,8 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return X if self.score_space.reads_source else self.transform(X)
 
     def score_matrix(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:
-        """(n, m) scores of this map's outputs (n, d_target) against native templates (m, d_target)."""
+        """(n, m) scores of ``mapped`` (n, ...), what :meth:`compare_input` gives, against
+        native templates (m, d_target)."""
         return self.score_space.matrix(mapped, native)
 
     def score_rows(self, mapped: np.ndarray, native: np.ndarray) -> np.ndarray:

@@ -194,10 +194,11 @@ def cross_model_eval(
             side_a, side_b = native[A][:, :d], native[B][:, :d]
         else:
             mapping = maps[A, B, Scored(kind).map_kind]
-            side_a, side_b = templates(mapping.transform(embeddings[A]))[1], native[B]
-            if Scored(kind).compares:
+            compares = Scored(kind).compares
+            side_a = templates((mapping.compare_input if compares else mapping.transform)(embeddings[A]))[1]
+            side_b = native[B]
+            if compares:
                 m = mapping
-                side_a = templates(mapping.compare_input(embeddings[A]))[1]
                 reverse = reverse_of(maps, A, B, Scored(kind).map_kind)
                 if reverse is not None:
                     back = (templates(reverse.compare_input(embeddings[B]))[1], native[A], reverse)

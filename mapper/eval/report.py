@@ -148,12 +148,15 @@ def fewshot_plot(curve: dict[str, Any], path: Path) -> None:
 
 
 def pairing_plot(study: dict[str, Any], path: Path) -> None:
-    """One panel per FAR: mean TAR against fitting pairs, image and identity pairs, native."""
+    """One panel per FAR: mean TAR against fitting pairs, image and identity pairs, the
+    maps' output under a cosine and Compare by llr, native."""
     fars = study["fars"]
     fig, axes = plt.subplots(1, len(fars), figsize=(4.2 * len(fars), 3.6), squeeze=False)
     for ax, far in zip(axes[0], fars, strict=True):
-        for pairing, style in (("image", "o-"), ("identity", "s--")):
-            ax.plot(study["pairs"], study["tar"][pairing][far], style, label=f"{pairing} pairs")
+        for (use, how), colour in ((("tar", "cosine"), "C0"), (("compare", "Compare, llr"), "C1")):
+            for pairing, style in (("image", "o-"), ("identity", "s--")):
+                label = f"{pairing} pairs, {how}"
+                ax.plot(study["pairs"], study[use][pairing][far], style, color=colour, label=label)
         ax.axhline(study["native"][far], color="k", ls=":", lw=1, label="native (B vs B)")
         ax.set_xscale("log")
         ax.set_title(f"FAR {far}")
