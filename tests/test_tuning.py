@@ -338,6 +338,10 @@ def test_service_compare_scores_as_the_map_file_records(tmp_path, lfw):
             np.testing.assert_allclose(res.scores, want, atol=1e-5 * max(1.0, float(np.abs(want).max())))
             assert res.threshold == pytest.approx(calibration.threshold(1e-2))
             assert np.array_equal(res.same, res.scores >= res.threshold)
+            # llr (chosen here) scores A's own template; a null one (no face) matches no one
+            assert res.scoring == "llr"
+            null = c.compare(np.zeros_like(a[:1]), SFACE, b[:1], DLIB, far=1e-2)
+            assert null.scores[0] == -np.inf and not null.same[0]
             plain = c.compare(a, SFACE, b, DLIB, kind="linear")
             assert plain.scoring == "cosine" and plain.map.map_id.endswith(":linear")
             y, ref = c.translate(a, SFACE, DLIB, kind="tuned")
