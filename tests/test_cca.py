@@ -44,13 +44,30 @@ def test_llr_is_the_gaussian_log_likelihood_ratio():
     )
     space = llr_space(rho)
     got = space.matrix(u, v)
-    # equal up to the constant dropped from the ratio (the joint density's normaliser)
-    np.testing.assert_allclose(got - got[0, 0], expected - expected[0, 0], atol=1e-4)
+    # equal up to the constant dropped from the ratio (the joint density's normaliser) and
+    # the standardisation's scale: the spread over two people's templates under the model
+    w = 1 / (1 - rho**2)
+    scale = np.sqrt(((rho * w) ** 2 + (rho**2 * w) ** 2).sum())
+    np.testing.assert_allclose((got - got[0, 0]) * scale, expected - expected[0, 0], atol=1e-4)
     np.testing.assert_allclose(space.rows(u, v), np.diag(got), atol=1e-5)
     np.testing.assert_allclose(space.rows(3 * u, v / 2), space.rows(u, v), atol=1e-5)  # directions
     # a null row (no face) on either side matches no one
     assert space.rows(np.zeros((1, 3)), v[:1])[0] == -np.inf
     assert (space.matrix(u[:2], np.zeros((1, 3))) == -np.inf).all()
+
+
+def test_llr_is_standardised_over_two_people():
+    """Templates of two people, independent in the model's canonical coordinates, score
+    mean 0 and spread about 1, whatever the correlations. (Templates are unit rows, so
+    each side's own term varies less than with Gaussian coordinates: spread 0.94-0.96.)"""
+    rng = np.random.default_rng(5)
+    k = 400
+    for rho in (np.full(k, 0.3), np.linspace(0.05, 0.95, k)):
+        space = llr_space(rho)
+        # unit rows scaled by sqrt(k): coordinates of unit variance, as the model has them
+        space.basis_source_ = space.basis_native_ = np.sqrt(k) * np.eye(k, dtype=np.float32)
+        s = space.rows(rng.standard_normal((20000, k)), rng.standard_normal((20000, k)))
+        assert abs(s.mean()) < 0.05 and 0.9 < s.std() < 1.05, (s.mean(), s.std())
 
 
 def test_canonical_correlations_match_scikit_learn():
