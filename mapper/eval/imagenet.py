@@ -21,7 +21,7 @@ Embeddings arrive as ``{model: (views, n_photos, dim)}``; view 0 is the plain ph
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -73,14 +73,12 @@ def fit_maps(
     targets: Sequence[str],
     photos: np.ndarray,
     views: int,
-    towards: Callable[[np.ndarray], dict[str, AffineMap]] | None = None,
+    towards: dict[str, AffineMap] | None = None,
 ) -> dict[str, AffineMap]:
     """Ridge maps from A into each of ``targets``, fitted on ``photos`` (indices) in their
     first ``views`` views, as ``{target: map}``, each with its own alpha. With ``towards``
-    (photos -> a map per target fitted on them, e.g. :func:`rotation_maps`), each ridge
-    shrinks towards that map's weight instead of towards zero: it is ridge on what that
-    map leaves unexplained. Each CV fold's map is fitted on the fold's training photos
-    only, the final one on all ``photos``.
+    (a map per target, fitted on the same rows), each ridge shrinks towards that map's
+    weight instead of towards zero: it is ridge on what that map leaves unexplained.
 
     One ridge fit on the targets side by side: ridge solves each output column on its own,
     so this equals one fit per pair, at a fraction of the cost (the eigendecompositions
@@ -93,54 +91,30 @@ def fit_maps(
     LinearMap's).
     """
     X = m.embeddings[a][:views, photos].reshape(-1, m.embeddings[a].shape[-1]).astype(np.float64)
-    centred = [m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1]) for b in targets]
-    y_means = [Y.mean(0, dtype=np.float64) for Y in centred]
-    centred = [(Y - mu).astype(np.float32) for Y, mu in zip(centred, y_means, strict=True)]
+    blocks = [m.embeddings[b][:views, photos].reshape(-1, m.embeddings[b].shape[-1]) for b in targets]
+    y_means = [Y.mean(0, dtype=np.float64) for Y in blocks]
     x_mean = X.mean(0)
     Xc = X - x_mean
     gram = Xc.T @ Xc
+    priors = [0.0 if towards is None else towards[b].weight_ for b in targets]
+    # What is left to fit, centred, in float32 (the outputs' width times n rows).
     Xc32 = Xc.astype(np.float32)
-
-    def left(priors: dict[str, AffineMap] | None) -> list[np.ndarray]:
-        """What is left to fit after ``priors``' maps, centred, in float32."""
-        if priors is None:
-            return centred
-        return [
-            Y - Xc32 @ priors[b].weight_.astype(np.float32) for Y, b in zip(centred, targets, strict=True)
-        ]
-
-    rng = np.random.default_rng(0)
-    projections = [
-        (rng.normal(size=(Y.shape[1], CV_OUTPUTS)) / np.sqrt(CV_OUTPUTS)).astype(np.float32)
-        if Y.shape[1] > CV_OUTPUTS
-        else None
-        for Y in centred
+    blocks = [
+        (Y - mu).astype(np.float32) - (Xc32 @ P.astype(np.float32) if towards else 0)
+        for Y, mu, P in zip(blocks, y_means, priors, strict=True)
     ]
-    columns, start = [], 0
-    for Y, proj in zip(centred, projections, strict=True):
-        width = Y.shape[1] if proj is None else CV_OUTPUTS
-        columns.append(slice(start, start + width))
-        start += width
-
-    def cv_errors(blocks: list[np.ndarray], splits: list) -> np.ndarray:
-        Yp = np.hstack(
-            [Y if proj is None else Y @ proj for Y, proj in zip(blocks, projections, strict=True)],
-            dtype=np.float64,
-        )
-        return ridge_cv_errors(Xc, Yp, gram, Xc.T @ Yp, splits, ALPHAS, columns)
-
-    rows = np.tile(photos, views)
-    splits = list(GroupKFold(n_splits=5).split(Xc, groups=rows))
-    if towards is None:
-        errors = cv_errors(centred, splits)
-    else:  # each fold's prior from its training photos only
-        errors = sum(
-            cv_errors(left(towards(np.unique(rows[train]))), [(train, val)]) for train, val in splits
-        )
+    rng = np.random.default_rng(0)
+    projected, columns, start = [], [], 0
+    for Y in blocks:
+        if Y.shape[1] > CV_OUTPUTS:
+            Y = Y @ (rng.normal(size=(Y.shape[1], CV_OUTPUTS)) / np.sqrt(CV_OUTPUTS)).astype(np.float32)
+        projected.append(Y)
+        columns.append(slice(start, start + Y.shape[1]))
+        start += Y.shape[1]
+    Yp = np.hstack(projected, dtype=np.float64)
+    splits = GroupKFold(n_splits=5).split(Xc, groups=np.tile(photos, views))
+    errors = ridge_cv_errors(Xc, Yp, gram, Xc.T @ Yp, splits, ALPHAS, columns)
     alphas = [ALPHAS[i] for i in errors.argmin(1)]
-    prior_maps = None if towards is None else towards(photos)
-    blocks = left(prior_maps)
-    priors = [0.0 if prior_maps is None else prior_maps[b].weight_ for b in targets]
     # The wide product in float32; the solves in float64.
     cross = (Xc32.T @ np.hstack(blocks)).astype(np.float64)
     eig, V = np.linalg.eigh(gram)
@@ -250,14 +224,9 @@ def experiment(
         for train, test in splits:
             for b, fit in fit_maps(m, a, targets, train, views).items():
                 fitted.setdefault((a, b), []).append(fit)
-
-            def rotations(
-                photos: np.ndarray, a: str = a, targets: list[str] = targets
-            ) -> dict[str, AffineMap]:
-                return rotation_maps(m, a, targets, photos, views)
-
+            rotations = rotation_maps(m, a, targets, train, views)
             for kind, maps in (
-                ("rotation", rotations(train)),
+                ("rotation", rotations),
                 ("towards_rotation", fit_maps(m, a, targets, train, views, towards=rotations)),
             ):
                 for b, fit in maps.items():
