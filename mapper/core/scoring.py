@@ -69,10 +69,15 @@ class ScoreSpace:
         return self.method == "llr"
 
     def fit(
-        self, mapped: np.ndarray, native: np.ndarray, center: np.ndarray, source: np.ndarray | None = None
+        self,
+        mapped: np.ndarray | None,
+        native: np.ndarray,
+        center: np.ndarray | None,
+        source: np.ndarray | None = None,
     ) -> ScoreSpace:
         """Fit on the pairs' map outputs ``mapped`` and B's templates ``native`` (n, d_B),
-        centred on ``center``; ``llr`` needs A's templates of the pairs, ``source`` (n, d_A)."""
+        centred on ``center``; ``llr`` reads neither ``mapped`` nor ``center`` but A's
+        templates of the pairs, ``source`` (n, d_A)."""
         if self.method == "llr":
             if source is None:
                 raise InvalidInput("the llr scoring is fitted on A's templates of the pairs: give source")
@@ -182,11 +187,11 @@ class ScoreSpace:
 
     @classmethod
     def from_state(
-        cls, info: dict[str, Any], tensors: dict[str, np.ndarray], dim: int, source_dim: int | None = None
+        cls, info: dict[str, Any], tensors: dict[str, np.ndarray], dim: int, source_dim: int
     ) -> ScoreSpace:
-        """The space a map file stored, for a target of ``dim`` (and a source of
-        ``source_dim``) dimensions (ValueError if its tensors do not fit, or if it is an
-        S-norm that stored templates as cohorts)."""
+        """The space a map file stored, for a map from ``source_dim`` to ``dim`` dimensions
+        (ValueError if its tensors do not fit, or if it is an S-norm that stored templates
+        as cohorts)."""
         space = cls(info["kind"])
         space.center_ = tensors["score.center"]
         shapes = [space.center_.shape == (dim,)]
@@ -210,7 +215,7 @@ class ScoreSpace:
             shapes += [
                 space.basis_native_.shape == (dim, *k),
                 space.basis_source_.shape == (space.source_mean_.shape[0], *k),
-                source_dim is None or space.source_mean_.shape == (source_dim,),
+                space.source_mean_.shape == (source_dim,),
             ]
         if not all(shapes):
             raise ValueError(f"scoring tensors do not fit a {dim}-d target space")

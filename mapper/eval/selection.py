@@ -83,7 +83,9 @@ def fit_recipe(
 
 def attach_scoring(m: EmbeddingMap, scoring: str, X: np.ndarray, Y: np.ndarray) -> EmbeddingMap:
     """Fit a :class:`ScoreSpace` of ``scoring`` on pairs (X, Y) and attach it to ``m``."""
-    return m.set_scoring(ScoreSpace(scoring).fit(m.transform(X), l2_normalize(Y), m.target_mean_, source=X))
+    space = ScoreSpace(scoring)
+    mapped = None if space.reads_source else m.transform(X)
+    return m.set_scoring(space.fit(mapped, l2_normalize(Y), m.target_mean_, source=X))
 
 
 def cohort_rows(groups: Any, fraction: float = COHORT_FRACTION, seed: int = 0) -> np.ndarray | None:
@@ -126,15 +128,25 @@ def cross_validate(
         if same.all() or not same.any():
             continue
         counted += 1
+
+        def tars(scores: np.ndarray, same: np.ndarray = same) -> np.ndarray:
+            return np.array([tar_at_far_strict(scores[same], scores[~same], f)[0] for f in fars])
+
+        # A scoring that reads A's own templates (llr) scores alike under every recipe: once a fold.
+        shared = {
+            s: tars(ScoreSpace(s).fit(None, Y[train], None, source=X[train]).matrix(X[val], Y[val])[iu])
+            for s in scorings
+            if ScoreSpace(s).reads_source
+        }
         for recipe in recipes:
             m = fit_recipe(recipe, X[train], Y[train], groups[train])
             mapped = m.transform(X[val])
             for scoring in scorings:
+                if scoring in shared:
+                    table[recipe.name][scoring] += shared[scoring]
+                    continue
                 attach_scoring(m, scoring, X[train], Y[train])
-                scores = m.score_matrix(X[val] if m.score_space.reads_source else mapped, Y[val])[iu]
-                table[recipe.name][scoring] += [
-                    tar_at_far_strict(scores[same], scores[~same], f)[0] for f in fars
-                ]
+                table[recipe.name][scoring] += tars(m.score_matrix(mapped, Y[val])[iu])
     if not counted:
         return {}
     return {r: {s: (v / counted).tolist() for s, v in d.items()} for r, d in table.items()}
