@@ -92,7 +92,7 @@ def _llr(X, Y, g, cohort):
     """A ridge map with Compare's llr scoring fitted on the same fitting people (as
     select_map fits it: no cohort)."""
     m = LinearMap(source_id=SFACE, target_id=REID).fit(X, Y, groups=g)
-    return attach_scoring(m, "llr", X, Y)
+    return attach_scoring(m, "llr", X, Y, g)
 
 
 KINDS = {

@@ -17,6 +17,13 @@ half, four models, 692 identity pairs, mean TAR at FAR 1e-3 over 12 ordered pair
 shrinkage 0.01 / 0.1 / 0.3 / 0.6 / 1 / 2 / 4 gave 0.670 / 0.760 / 0.813 / 0.831 / 0.831 /
 0.812 / 0.761, against 0.704 for ridge shrunk towards the rotation under a cosine; hence
 :data:`SHRINKAGE`.
+
+Given each pair's person (``groups``), the cross-covariance pairs each A template with the
+mean of its person's B templates: every A x B combination of a person at once, where one
+pair per A template leaves the others' evidence unused. It is the same expectation (two
+photos' errors are independent) with less noise. On the same inner split, at FAR 1e-3:
+0.8333 -> 0.8427 from identity pairs; from image pairs (a pair's two sides one photo)
+0.9310 -> 0.9307, so it is used for both.
 """
 
 from __future__ import annotations
@@ -49,8 +56,19 @@ def _inverse_sqrt(C: np.ndarray) -> np.ndarray:
     return (V / np.sqrt(s)) @ V.T
 
 
-def canonical(X: np.ndarray, Y: np.ndarray, shrinkage: float = SHRINKAGE) -> Canonical:
-    """Regularised CCA of paired rows X (n, d_x) and Y (n, d_y)."""
+def _group_means(Z: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(n, d): each row replaced by the mean of its group's rows."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.zeros((inverse.max() + 1, Z.shape[1]))
+    np.add.at(sums, inverse, Z)
+    return (sums / np.bincount(inverse)[:, None])[inverse]
+
+
+def canonical(
+    X: np.ndarray, Y: np.ndarray, shrinkage: float = SHRINKAGE, groups: np.ndarray | None = None
+) -> Canonical:
+    """Regularised CCA of paired rows X (n, d_x) and Y (n, d_y); ``groups`` (n,): each
+    pair's person, if known (see the module docstring)."""
     if not shrinkage > 0:
         raise FitError(f"shrinkage must be > 0, got {shrinkage}")
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
@@ -65,5 +83,7 @@ def canonical(X: np.ndarray, Y: np.ndarray, shrinkage: float = SHRINKAGE) -> Can
         return C + shrinkage * mean_variance * np.eye(len(C))
 
     Kx, Ky = _inverse_sqrt(shrunk(Xc)), _inverse_sqrt(shrunk(Yc))
+    if groups is not None:  # the means' mean is Y's: still centred
+        Yc = _group_means(Yc, groups)
     U, S, Vt = np.linalg.svd(Kx @ (Xc.T @ Yc / len(X)) @ Ky, full_matrices=False)
     return Canonical(mean_x, mean_y, Kx @ U, Ky @ Vt.T, np.clip(S, 0.0, MAX_RHO))

@@ -74,14 +74,16 @@ class ScoreSpace:
         native: np.ndarray,
         center: np.ndarray | None,
         source: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
     ) -> ScoreSpace:
         """Fit on the pairs' map outputs ``mapped`` and B's templates ``native`` (n, d_B),
         centred on ``center``; ``llr`` reads neither ``mapped`` nor ``center`` but A's
-        templates of the pairs, ``source`` (n, d_A)."""
+        templates of the pairs, ``source`` (n, d_A), and their people ``groups`` (n,) if
+        known (:func:`mapper.core.cca.canonical`)."""
         if self.method == "llr":
             if source is None:
                 raise InvalidInput("the llr scoring is fitted on A's templates of the pairs: give source")
-            c = canonical(*(l2_normalize(np.asarray(z, np.float32)) for z in (source, native)))
+            c = canonical(*(l2_normalize(np.asarray(z, np.float32)) for z in (source, native)), groups=groups)
             self.source_mean_, self.center_ = c.mean_x, c.mean_y
             self.basis_source_, self.basis_native_, self.rho_ = (
                 z.astype(np.float32) for z in (c.basis_x, c.basis_y, c.rho)

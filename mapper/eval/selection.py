@@ -81,11 +81,14 @@ def fit_recipe(
     return m
 
 
-def attach_scoring(m: EmbeddingMap, scoring: str, X: np.ndarray, Y: np.ndarray) -> EmbeddingMap:
-    """Fit a :class:`ScoreSpace` of ``scoring`` on pairs (X, Y) and attach it to ``m``."""
+def attach_scoring(
+    m: EmbeddingMap, scoring: str, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None
+) -> EmbeddingMap:
+    """Fit a :class:`ScoreSpace` of ``scoring`` on pairs (X, Y) of people ``groups`` and
+    attach it to ``m``."""
     space = ScoreSpace(scoring)
     mapped = None if space.reads_source else m.transform(X)
-    return m.set_scoring(space.fit(mapped, l2_normalize(Y), m.target_mean_, source=X))
+    return m.set_scoring(space.fit(mapped, l2_normalize(Y), m.target_mean_, source=X, groups=groups))
 
 
 def cohort_rows(groups: Any, fraction: float = COHORT_FRACTION, seed: int = 0) -> np.ndarray | None:
@@ -134,7 +137,11 @@ def cross_validate(
 
         # A scoring that reads A's own templates (llr) scores alike under every recipe: once a fold.
         shared = {
-            s: tars(ScoreSpace(s).fit(None, Y[train], None, source=X[train]).matrix(X[val], Y[val])[iu])
+            s: tars(
+                ScoreSpace(s)
+                .fit(None, Y[train], None, source=X[train], groups=groups[train])
+                .matrix(X[val], Y[val])[iu]
+            )
             for s in scorings
             if ScoreSpace(s).reads_source
         }
@@ -145,7 +152,7 @@ def cross_validate(
                 if scoring in shared:
                     table[recipe.name][scoring] += shared[scoring]
                     continue
-                attach_scoring(m, scoring, X[train], Y[train])
+                attach_scoring(m, scoring, X[train], Y[train], groups[train])
                 table[recipe.name][scoring] += tars(m.score_matrix(mapped, Y[val])[iu])
     if not counted:
         return {}
@@ -201,7 +208,7 @@ def select_map(
     fit_rows = ~held
     m = fit_recipe(recipe, X[fit_rows], Y[fit_rows], groups[fit_rows], source_id, target_id)
     stat_rows = held if held.any() else fit_rows
-    attach_scoring(m, scoring, X[stat_rows], Y[stat_rows])
+    attach_scoring(m, scoring, X[stat_rows], Y[stat_rows], groups[stat_rows])
     m.label = "tuned"
     m.fit_info_ = {
         **m.fit_info_,

@@ -139,7 +139,7 @@ def pairing_study(
         drawn = full[pairing].take(np.sort(rng.choice(len(full[pairing]), n, replace=False)))
         maps, _ = fit_maps(drawn, (kind,), progress=False)
         for (a, b, _), m in maps.items():
-            attach_scoring(m, "llr", *drawn.xy(a, b))
+            attach_scoring(m, "llr", *drawn.xy(a, b), drawn.groups)
         kinds = (kind, Scored.compare(kind))
         res = cross_model_eval(
             emb_eval, protocol, maps, kinds=kinds, fars=PAIRING_FARS, convention=convention, progress=False
@@ -210,7 +210,7 @@ def _recipe(make: Callable[[str, str], EmbeddingMap], rescale: bool, scoring: st
         m = make(a, b).fit(X, Y, groups=groups)
         if rescale:
             m.rescale_residual(X, Y)
-        return attach_scoring(m, scoring, X, Y) if scoring else m
+        return attach_scoring(m, scoring, X, Y, groups) if scoring else m
 
     return fit
 

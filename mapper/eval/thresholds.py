@@ -46,7 +46,7 @@ def refit_like(
     if "residual_scale" in m.fit_info_:
         copy.rescale_residual(X, Y)
     if m.scoring_ is not None:
-        attach_scoring(copy, m.scoring_.method, *(statistics or (X, Y)))
+        attach_scoring(copy, m.scoring_.method, *(statistics or (X, Y, groups)))
     return copy
 
 
