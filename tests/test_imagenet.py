@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.model_selection import GroupKFold
 
 from mapper.classifiers import registry, runtimes, views
 from mapper.classifiers.embed import LocalEmbed, embed_views
@@ -192,12 +193,13 @@ def test_experiment_fits_on_training_photos_only_and_the_closed_form_is_exact_in
         )
     res = imagenet.experiment(material, folds=3, views=2, progress=False)
     # Each fit's photos are two folds; the third fold, tested, is disjoint from them.
-    folds = set(seen)
-    assert len(seen) == 3 * 3 * 3  # 3 sources x 3 folds x (ridge, rotation, ridge towards it)
-    assert (
-        len(folds) == 3 and all(len(s) == 200 for s in folds) and frozenset().union(*folds) == set(range(300))
-    )
+    # 3 sources x 3 folds x (ridge, rotation, ridge towards it, and the rotation its alpha is
+    # validated against: fitted on four fifths of the training photos)
+    assert len(seen) == 3 * 3 * 4
+    folds = {s for s in seen if len(s) == 200}
+    assert len(folds) == 3 and frozenset().union(*folds) == set(range(300))
     assert all(len(a & b) == 100 for a in folds for b in folds if a is not b)
+    assert all(any(s <= f for f in folds) for s in seen)  # the CV's prior: within one training set
     assert len(res["pairs"]) == 6
     for r in res["pairs"]:
         assert 0 < r["fitted"]["top1_std"] < 0.2
@@ -266,7 +268,9 @@ def test_ridge_towards_a_map_is_that_map_plus_ridge_on_what_it_leaves():
     m = imagenet.Material(["p", "q"], np.arange(120) % 10, {"p": X, "q": Y}, heads)
     photos_ = np.arange(100)
     rotation = imagenet.rotation_maps(m, "p", ["q"], photos_, 2)
-    fit = imagenet.fit_maps(m, "p", ["q"], photos_, 2, towards=rotation)["q"]
+    fit = imagenet.fit_maps(
+        m, "p", ["q"], photos_, 2, towards=lambda p: imagenet.rotation_maps(m, "p", ["q"], p, 2)
+    )["q"]
     Xf, Yf = X[:2, photos_].reshape(-1, 40).astype(np.float64), Y[:2, photos_].reshape(-1, 30)
     residual = Yf - (Xf - Xf.mean(0)) @ rotation["q"].weight_
     ref = LinearMap(alpha=fit.fit_info_["alpha"], normalize_input=False, normalize_output=False).fit(
@@ -274,6 +278,43 @@ def test_ridge_towards_a_map_is_that_map_plus_ridge_on_what_it_leaves():
     )
     np.testing.assert_allclose(fit.weight_, rotation["q"].weight_ + ref.weight_, rtol=0, atol=1e-4)
     assert not np.allclose(fit.weight_, imagenet.fit_maps(m, "p", ["q"], photos_, 2)["q"].weight_, atol=1e-3)
+
+
+def test_ridge_towards_a_map_validates_alpha_against_a_map_that_never_saw_the_fold():
+    """The alpha of ridge towards the rotation is validated on one fold of five, against a
+    rotation fitted on the other four (brute force here). On this planted case a rotation
+    fitted on all photos, validation photos included, moves the choice."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(2, 60, 40)).astype(np.float32)
+    Y = (X @ rng.normal(size=(40, 30)) + 3 * rng.normal(size=(2, 60, 30))).astype(np.float32)
+    heads = {k: (rng.normal(size=(10, d)), np.zeros(10)) for k, d in (("p", 40), ("q", 30))}
+    m = imagenet.Material(["p", "q"], np.arange(60) % 10, {"p": X, "q": Y}, heads)
+    photos_ = np.arange(50)
+    fit = imagenet.fit_maps(
+        m, "p", ["q"], photos_, 2, towards=lambda p: imagenet.rotation_maps(m, "p", ["q"], p, 2)
+    )["q"]
+    Xf, Yf = (Z[:2, photos_].reshape(-1, Z.shape[-1]).astype(np.float64) for Z in (X, Y))
+    Xc, Yc = Xf - Xf.mean(0), Yf - Yf.mean(0)
+    rows = np.tile(photos_, 2)
+    train, val = next(iter(GroupKFold(n_splits=5).split(Xc, groups=rows)))
+
+    def chosen(prior_photos: np.ndarray) -> float:
+        R = Yc - Xc @ imagenet.rotation_maps(m, "p", ["q"], prior_photos, 2)["q"].weight_
+        errors = [
+            (
+                (
+                    R[val]
+                    - Xc[val]
+                    @ np.linalg.solve(Xc[train].T @ Xc[train] + a * np.eye(40), Xc[train].T @ R[train])
+                )
+                ** 2
+            ).sum()
+            for a in imagenet.ALPHAS
+        ]
+        return imagenet.ALPHAS[int(np.argmin(errors))]
+
+    assert fit.fit_info_["alpha"] == chosen(np.unique(rows[train]))
+    assert chosen(photos_) != chosen(np.unique(rows[train]))  # the leak would move it
 
 
 @pytest.mark.parametrize("d_b", [48, 64, 80])
