@@ -12,6 +12,12 @@ prints the share of people matched and TAR at FAR 1e-2 on the evaluation people;
 true person links, the same whitened-Procrustes recipe shows what a working match would
 give, and why this one cannot: the sources correlate weakly across the galleries and the
 whitened map is far from a rotation.
+
+It also measures what any relational method (Gromov-Wasserstein, similarity-profile
+matching as unsupervised word translation starts from) would have to work with: how much
+the galleries agree on how the people relate to each other (their person means' cosine
+similarities), across the two models and, as a ceiling, within one model on the two
+halves of the photos.
 """
 
 from __future__ import annotations
@@ -114,6 +120,32 @@ def main() -> None:
         f"each source's best |correlation| with the other gallery's: median {np.median(best):.2f}, "
         f"max {best.max():.2f}; the whitened linear map's singular values (1 for a rotation): "
         f"{sv.min():.2f}-{sv.max():.2f}"
+    )
+    at_a, at_b = np.searchsorted(people_a, common), np.searchsorted(people_b, common)
+    same_model = person_means(unit(emb[A_MODEL][fit][new].astype(np.float64)), gb)[1][at_b]
+    for what, other in ((B_MODEL, means_b[at_b]), (f"{A_MODEL} on the other photos", same_model)):
+        print(f"{A_MODEL} against {what}: " + relational_agreement(means_a[at_a], other))
+
+
+def relational_agreement(a: np.ndarray, b: np.ndarray) -> str:
+    """How far two galleries' person means (row i of each: one person) agree on how people
+    relate: the correlation of their cosine similarities, how often a person's nearest
+    other person is the same, and how well each person's sorted similarities to everyone
+    else (a signature that needs no alignment) find them in the other gallery."""
+    sims = [unit(x - x.mean(0)) @ unit(x - x.mean(0)).T - 2 * np.eye(len(x)) for x in (a, b)]
+    i, j = np.triu_indices(len(a), 1)
+    corr = np.corrcoef(sims[0][i, j], sims[1][i, j])[0, 1]
+    nearest = np.mean(sims[0].argmax(1) == sims[1].argmax(1))
+    profiles = []
+    for s in sims:
+        top = -np.sort(-s, axis=1)[:, :100]
+        profiles.append(unit(top - top.mean(1, keepdims=True)))
+    match = profiles[0] @ profiles[1].T
+    rank = np.median((match > np.diag(match)[:, None]).sum(1))
+    return (
+        f"similarities correlate {corr:.2f}; same nearest person {nearest:.3f}; "
+        f"similarity profiles find the person {np.mean(match.argmax(1) == np.arange(len(a))):.4f} "
+        f"(chance {1 / len(a):.4f}), median rank {rank:.0f} of {len(a)}"
     )
 
 
