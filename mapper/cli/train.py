@@ -77,6 +77,7 @@ from mapper.eval.studies import (
 )
 from mapper.eval.thresholds import (
     CALIBRATION_FOLDS,
+    CONFIDENCE,
     calibrate,
     far_check,
     far_table,
@@ -645,7 +646,8 @@ def map_files(
             **provenance,
             calibration.PROVENANCE_KEY: calibration.to_dict(),
             "calibration_method": f"out-of-fold scores, {CALIBRATION_FOLDS} identity-disjoint folds "
-            "of the fitting people",
+            f"of the fitting people; each FAR the upper {CONFIDENCE:.0%} confidence bound (Clopper-Pearson) "
+            "of those scores' false accepts",
         }
         if two_way and (a, b, kind) in two_way:
             record[twoway.KEY] = {
