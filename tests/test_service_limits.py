@@ -255,7 +255,7 @@ def test_a_client_s_requests_are_read_one_at_a_time_once_its_allowance_is_low(tm
     request read at a time, and a stream over its rate has its next message read when paid."""
     srv = serve_two_clients(tmp_path, heavy_store, "--client-mb-per-s", "0.25", "--max-message-mb", "4")
     one = np.ones((1, D), np.float32)
-    mib_rows = convert.from_array(rng.standard_normal((2048, D)).astype(np.float32))  # 1 MiB
+    mib_rows = convert.from_array(rng.standard_normal((3072, D)).astype(np.float32))  # 1.5 MiB
     release = threading.Event()
 
     def messages():
@@ -281,7 +281,9 @@ def test_a_client_s_requests_are_read_one_at_a_time_once_its_allowance_is_low(tm
         release.set()
         next(stream)
         t_first = time.monotonic()
-        next(stream)  # the first message put the client ~0.4 MiB in debt: ~1.6 s at 0.25 MiB/s
+        # The first message put the client 0.9 MiB in debt, less what refilled since the
+        # 7,000-row call (0.25 MiB/s for about a second): a wait near 3 s (2.85 s measured).
+        next(stream)
         assert time.monotonic() - t_first > 1.0
         stream.cancel()
     srv.stop()
