@@ -132,7 +132,8 @@ def relational_agreement(a: np.ndarray, b: np.ndarray) -> str:
     relate: the correlation of their cosine similarities, how often a person's nearest
     other person is the same, and how well each person's sorted similarities to everyone
     else (a signature that needs no alignment) find them in the other gallery."""
-    sims = [unit(x - x.mean(0)) @ unit(x - x.mean(0)).T - 2 * np.eye(len(x)) for x in (a, b)]
+    centred = [unit(x - x.mean(0)) for x in (a, b)]
+    sims = [z @ z.T - 2 * np.eye(len(z)) for z in centred]  # -2: a person is not their own neighbour
     i, j = np.triu_indices(len(a), 1)
     corr = np.corrcoef(sims[0][i, j], sims[1][i, j])[0, 1]
     nearest = np.mean(sims[0].argmax(1) == sims[1].argmax(1))

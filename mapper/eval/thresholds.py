@@ -15,9 +15,9 @@ threshold is set where the promised FAR is the upper 95% confidence bound (Clopp
 of the sample's false accepts, not their point estimate (:data:`CONFIDENCE`). Chosen on
 inner splits of the fitting people of ``mapper-train --full`` (four seeds; a quarter of
 LFW's people fitting, another quarter measuring; llr maps of the four default models;
-measured / promised FAR at 1e-4, mean and worst of 12 ordered pairs): point estimate 1.02 -
-1.15, worst 1.30 - 1.46; the 95% bound 0.82 - 0.93, worst 0.97 - 1.30. The price: 0.2 - 0.3
-points less TAR at the 1e-3 threshold, 1.0 - 1.3 at 1e-4.
+measured / promised FAR at 1e-4, mean and worst of 12 ordered pairs): point estimate
+1.02-1.15, worst 1.30-1.46; the 95% bound 0.82-0.93, worst 0.97-1.30. The price: 0.2-0.3
+points less TAR at the 1e-3 threshold, 1.0-1.3 at 1e-4.
 """
 
 from __future__ import annotations
