@@ -111,7 +111,10 @@ def test_report_and_published_maps(triton_run):
     tuned = next(m for m in stored if m.ref.kind == "tuned")
     assert tuned.metadata["maps"][0]["fit_info"]["selection"]["criterion"]
     linear = next(m for m in stored if m.ref.kind == "linear")
-    assert "0.001" in linear.metadata["provenance"]["calibration"]
+    # 80 fitting images give too few out-of-fold impostor pairs to bound 1e-3 at 95%
+    # confidence (about 3,000 needed; 300 for 1e-2): that FAR is not promised.
+    calibrated = linear.metadata["provenance"]["calibration"]
+    assert "0.01" in calibrated and "0.001" not in calibrated
     report = (out / "report.md").read_text()
     assert "papers, IJB-C" in report and "strict" in report and "Template security" in report
 
