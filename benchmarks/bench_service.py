@@ -7,7 +7,10 @@ lookup, validation, the map's matrix product, normalisation, metrics). A second 
 "echo+X@W", multiplies the embeddings by a (dim, dim) float32 matrix before replying: the
 least work any server applying a map must do, so translate / echo+X@W says how close the
 service comes to that floor. Prints embeddings/s and p50/p99 latency per batch size, and
-the ratios. ``--pin`` puts the servers on one CPU and the load generator on the others.
+the ratios, and each server's CPU per call (all its threads, from ``/proc``). With
+``--rounds N`` each point is the median of N rounds that alternate the servers, which
+steadies the ratios on a shared machine. ``--pin`` puts the servers on one CPU and the
+load generator on the others.
 """
 
 from __future__ import annotations
@@ -126,6 +129,12 @@ def load(address: str, batch: int, clients: int, seconds: float, dim: int, trito
     return len(latencies) * batch / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far, all threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="per batch size and server")
@@ -138,6 +147,9 @@ def main() -> None:
         help="servers on the last CPU, the load generator on the others (as if it were another host)",
     )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="alternate the servers this many times per point; medians"
+    )
     ap.add_argument("--server-args", default="", help="extra mapper-serve flags, e.g. '--workers 2'")
     ap.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     ap.add_argument("--echo-matmul", action="store_true", help=argparse.SUPPRESS)
@@ -181,23 +193,35 @@ def main() -> None:
     }
     try:
         addresses = {"translate": translate.address}
+        pids = {"translate": translate.proc.pid}
         for name, proc in echoes.items():
             addresses[name] = f"127.0.0.1:{wait_port_file(tmp / f'{name}.port', proc)}"
+            pids[name] = proc.pid
         triton = None
         if not args.no_triton:
             triton = TritonServer(tmp / "repo").start()
             addresses["triton"] = triton.url
+            pids["triton"] = triton.proc.pid
         for task in os.listdir("/proc/self/task"):  # every thread, gRPC's own included
             os.sched_setaffinity(int(task), cpus[:-1] if args.pin else cpus)
         where = f"servers on CPU {cpus[-1]}, clients on {cpus[:-1]}" if args.pin else "shared CPUs"
-        print(f"{args.clients} client threads, {args.seconds:.0f} s per point, {d}-d float32, {where}")
-        print(f"{'batch':>6} {'server':<10} {'emb/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        rounds = f", median of {args.rounds} alternated rounds" if args.rounds > 1 else ""
+        print(f"{args.clients} client threads, {args.seconds:.0f} s per point{rounds}, {d}-d, {where}")
+        print(f"{'batch':>6} {'server':<10} {'emb/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU/call us':>12}")
         for batch in args.batches:
+            runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in addresses}
+            for r in range(args.rounds):
+                for name in list(addresses)[:: 1 if r % 2 == 0 else -1]:
+                    cpu0, t0 = cpu_seconds(pids[name]), time.monotonic()
+                    thr, p50, p99 = load(
+                        addresses[name], batch, args.clients, args.seconds, d, name == "triton"
+                    )
+                    cpu = (cpu_seconds(pids[name]) - cpu0) / (thr / batch * (time.monotonic() - t0))
+                    runs[name].append((thr, p50, p99, cpu * 1e6))
             res = {}
-            for name, address in addresses.items():
-                res[name] = load(address, batch, args.clients, args.seconds, d, triton=name == "triton")
-                thr, p50, p99 = res[name]
-                print(f"{batch:>6} {name:<10} {thr:>10,.0f} {p50:>8.2f} {p99:>8.2f}")
+            for name, got in runs.items():
+                thr, p50, p99, cpu = res[name] = tuple(np.median(got, axis=0))
+                print(f"{batch:>6} {name:<10} {thr:>10,.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>12,.0f}")
             ratios = [f"{n} / echo {res[n][0] / res['echo'][0]:.2f}x" for n in res if n != "echo"]
             ratios.append(f"translate / echo+X@W {res['translate'][0] / res['echo+X@W'][0]:.2f}x")
             print(f"{'':>6} throughput: {', '.join(ratios)}")

@@ -80,15 +80,18 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
             raise InvalidInput(f"unknown map kind {value}; known: {sorted(convert.KIND_NAMES)}")
         return kind
 
-    def _admit(self, cost: Cost, request_bytes: int, what: str, build: Callable[[], B]) -> tuple[Ticket, B]:
-        """Admit a call by its cost, from the request's shape alone (a refused call never has
-        its embeddings' bytes read: for a 64 MiB request that is most of its cost), then
-        ``build`` its work; the ticket is returned unless building fails."""
+    def _check_reply(self, cost: Cost) -> None:
         if cost.reply_bytes > self.max_reply_bytes:
             raise LimitExceeded(
                 f"the reply would be {cost.reply_bytes / 2**20:.1f} MiB, over the message limit of "
                 f"{self.max_reply_bytes / 2**20:.0f} MiB: send fewer rows per request"
             )
+
+    def _admit(self, cost: Cost, request_bytes: int, what: str, build: Callable[[], B]) -> tuple[Ticket, B]:
+        """Admit a call by its cost, from the request's shape alone (a refused call never has
+        its embeddings' bytes read: for a 64 MiB request that is most of its cost), then
+        ``build`` its work; the ticket is returned unless building fails."""
+        self._check_reply(cost)
         nbytes = request_bytes + cost.reply_bytes
         ticket = self.admission.admit(cost.macs, nbytes, client=CLIENT.get(), what=what)
         try:
@@ -134,10 +137,16 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         route = self.translator.route(source, target, self._kind(request.kind))
         cost = self.translator.translate_cost(route, msg.rows)
         what = f"translating {msg.rows} rows from {source} to {target}"
-        if INLINE_MACS < cost.macs <= BLOCK_MACS:  # one block: it may share a product
+        nbytes = 4 * msg.rows * msg.dim
+        if cost.macs <= INLINE_MACS:  # done before the loop moves on: nothing held, no job
+            self._check_reply(cost)
+            self.admission.check(cost.macs, nbytes + cost.reply_bytes, client=CLIENT.get(), what=what)
+            x = self.translator.translate_input(convert.to_array(msg, "embeddings"), route)
+            y, ref = self.translator.translate_now(x, route), route.ref
+        elif cost.macs <= BLOCK_MACS:  # one block: it may share a product
             ticket, x = self._admit(
                 cost,
-                4 * msg.rows * msg.dim,
+                nbytes,
                 what,
                 lambda: self.translator.translate_input(convert.to_array(msg, "embeddings"), route),
             )
@@ -145,7 +154,7 @@ class MapperServicer(pb_grpc.MapperServiceServicer):
         else:
             y, ref = await self._run(
                 cost,
-                4 * msg.rows * msg.dim,
+                nbytes,
                 what,
                 lambda: self.translator.translate_job(convert.to_array(msg, "embeddings"), route),
                 context,

@@ -213,6 +213,24 @@ def test_each_known_client_has_a_rate(tmp_path, heavy_store):
     srv.stop()
 
 
+def test_one_row_calls_done_on_the_event_loop_count_against_a_client_s_rate(tmp_path, heavy_store):
+    # They skip the compute threads and hold no budget, but are charged all the same: each
+    # costs its arithmetic plus one call's protocol work (about 1.07 M multiply-adds here).
+    flags = ("--client-gmacs-per-s", "0.001", "--max-call-gmacs", "0.002")
+    srv = serve_two_clients(tmp_path, heavy_store, *flags)
+    x = rng.standard_normal((1, D)).astype(np.float32)
+    with srv.client(token=BULK) as bulk, srv.client(token=GATE) as gate:
+        bulk.translate(x, "a", "c")
+        bulk.translate(x, "a", "c")  # the burst holds about three such calls
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in range(3):
+                bulk.translate(x, "a", "c")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "client 'bulk' is over its rate" in err.value.details()
+        assert gate.translate(x, "a", "c")[0].shape == (1, D)
+    srv.stop()
+
+
 def test_a_client_over_its_byte_rate_is_refused_before_its_request_is_read(tmp_path, heavy_store):
     # Receiving and parsing a request costs the event loop about 1 ms per MiB before its cost is
     # known, refused or not: a client that sends more than its bytes per second is refused

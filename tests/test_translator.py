@@ -219,6 +219,20 @@ def test_admission_budgets_and_a_client_s_bucket():
     adm.admit(10 * GIGA, 0, client="d").release()  # another client is not held back
     now[0] = 3.0
     adm.admit(10 * GIGA, 0, client="c").release()
+    # Work done at once (a small call on the event loop) is checked and charged the same
+    # way, and holds nothing.
+    held = adm.admit(10 * GIGA, 50)
+    with pytest.raises(LimitExceeded, match="server busy: .* multiply-adds"):
+        adm.check(6 * GIGA, 0)
+    with pytest.raises(LimitExceeded, match="per-call budget"):
+        adm.check(11 * GIGA, 0)
+    adm.check(4 * GIGA, 50)
+    assert (adm.inflight_macs, adm.inflight_bytes) == (10 * GIGA, 50)
+    held.release()
+    adm.check(7 * GIGA, 0, client="d")
+    with pytest.raises(LimitExceeded, match="client 'd' is over its rate"):
+        adm.check(7 * GIGA, 0, client="d")
+    assert (adm.inflight_macs, adm.inflight_bytes) == (0, 0)
 
 
 def test_a_client_s_requests_are_read_one_at_a_time_once_its_byte_allowance_is_low():

@@ -178,6 +178,10 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if not hasattr(self, "bias_"):  # sklearn's check_is_fitted is slow on a hot path
             check_is_fitted(self, "weight_")
         X = check_embeddings(X, name="X", dim=self.n_features_in_, finite=False)
+        if X.shape[0] == 1:  # batch 1, a service's commonest call
+            done = self._apply_row(X, *self._params_as(X.dtype))
+            if done is not None:
+                return done
         if X.shape[0] <= _BLOCK:  # a service's usual request: no block loop
             return self._apply(X, np.empty((X.shape[0], self.n_features_out_), X.dtype))
         out = np.empty((X.shape[0], self.n_features_out_), X.dtype)
@@ -193,10 +197,6 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """The map on one block, written into ``out``: as few numpy calls as the options
         allow, since for small requests each call's overhead outweighs its arithmetic."""
         W, bias = self._params_as(x.dtype)
-        if x.shape[0] == 1:  # batch 1, a service's commonest call: scalar arithmetic
-            done = self._apply_row(x, out, W, bias)
-            if done is not None:
-                return done
         # The input's squared norms double as the NaN/Inf check (NaN and Inf propagate).
         norms = np.einsum("ij,ij->i", x, x)
         if not math.isfinite(norms.sum()):
@@ -218,16 +218,15 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             out *= inverse_norms(np.einsum("ij,ij->i", out, out))[:, None]
         return out
 
-    def _apply_row(
-        self, x: np.ndarray, out: np.ndarray, W: np.ndarray, bias: np.ndarray
-    ) -> np.ndarray | None:
-        """:meth:`_apply` on one row with Python floats for its norms: a third of the numpy
-        calls, which at one row cost more than the arithmetic. None for a row :meth:`_apply`
-        must rescale or refuse (NaN, Inf, or a norm that overflows)."""
-        squared = float(np.dot(x[0], x[0]))
+    def _apply_row(self, x: np.ndarray, W: np.ndarray, bias: np.ndarray) -> np.ndarray | None:
+        """:meth:`_apply` on one (1, d) row, into a new array, with Python floats for its
+        norms: a third of the numpy calls, which at one row cost more than the arithmetic.
+        None for a row :meth:`_apply` must rescale or refuse (NaN, Inf, or a norm that
+        overflows)."""
+        squared = float(np.vdot(x, x))
         if not math.isfinite(squared):
             return None
-        np.matmul(x, W, out=out)
+        out = x @ W
         if not self.normalize_input:
             out += bias
         else:
@@ -236,7 +235,7 @@ class EmbeddingMap(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if not self.normalize_output:
                 out *= inverse_norm(norm)
         if self.normalize_output:
-            out *= inverse_norm(math.sqrt(float(np.dot(out[0], out[0]))))
+            out *= inverse_norm(math.sqrt(float(np.vdot(out, out))))
         return out
 
     def _inverse_weight(self) -> np.ndarray:

@@ -101,6 +101,22 @@ class Admission:
     ) -> Ticket:
         """A :class:`Ticket` for work of ``macs`` multiply-adds holding ``nbytes`` bytes, or
         :class:`LimitExceeded` saying which budget it would break and what to do."""
+        self._admit(macs, nbytes, client, what, hold=True)
+
+        def release() -> None:
+            with self._lock:
+                self.inflight_macs -= macs
+                self.inflight_bytes -= nbytes
+
+        return Ticket(release)
+
+    def check(self, macs: float, nbytes: int, *, client: str | None = None, what: str = "this call") -> None:
+        """:meth:`admit` for work done at once, before the calling thread does anything else
+        (a small call on the event loop): the budgets are checked and the client charged,
+        and nothing stays held."""
+        self._admit(macs, nbytes, client, what, hold=False)
+
+    def _admit(self, macs: float, nbytes: int, client: str | None, what: str, hold: bool) -> None:
         b = self.budgets
         if macs > b.call_macs:
             raise LimitExceeded(
@@ -122,15 +138,9 @@ class Admission:
                 )
             if client is not None and b.client_macs_per_s is not None:
                 self._charge(client, macs + CALL_MACS)
-            self.inflight_macs += macs
-            self.inflight_bytes += nbytes
-
-        def release() -> None:
-            with self._lock:
-                self.inflight_macs -= macs
-                self.inflight_bytes -= nbytes
-
-        return Ticket(release)
+            if hold:
+                self.inflight_macs += macs
+                self.inflight_bytes += nbytes
 
     def _charge(self, client: str, macs: float) -> None:
         rate = self.budgets.client_macs_per_s
