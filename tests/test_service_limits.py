@@ -464,6 +464,8 @@ def test_drain_under_load(tmp_path, heavy_store):
     assert took < drain + grace + 1, took
     # A call that reaches the server at the instant it stops may get CANCELLED rather than
     # UNAVAILABLE (grpc/grpc#41785: calls not yet given to a handler are cancelled). Calls in
-    # flight before the drain ended must finish.
+    # flight before the drain ended must finish. The times are the client's: a call it
+    # started 4 ms before the drain's end reached the server after it (2 busy cores), so a
+    # call counts as in flight from 0.25 s before the end.
     assert set(results) <= {"OK", "UNAVAILABLE", "CANCELLED"}, set(results)
-    assert all(s >= t0 + drain for s in started_cancelled), [s - t0 for s in started_cancelled]
+    assert all(s >= t0 + drain - 0.25 for s in started_cancelled), [s - t0 for s in started_cancelled]
