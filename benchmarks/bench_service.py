@@ -7,7 +7,8 @@ lookup, validation, the map's matrix product, normalisation, metrics). A second 
 "echo+X@W", multiplies the embeddings by a (dim, dim) float32 matrix before replying: the
 least work any server applying a map must do, so translate / echo+X@W says how close the
 service comes to that floor. Prints embeddings/s and p50/p99 latency per batch size, and
-the ratios, and each server's CPU per call (all its threads, from ``/proc``). With
+the ratios, and each server's CPU per call (all its threads, from ``/proc``; for Triton
+the tritonserver process alone, not its python-backend stubs). With
 ``--rounds N`` each point is the median of N rounds that alternate the servers, which
 steadies the ratios on a shared machine. ``--pin`` puts the servers on one CPU and the
 load generator on the others.
@@ -95,7 +96,8 @@ instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 
 
 def load(address: str, batch: int, clients: int, seconds: float, dim: int, triton: bool = False):
-    """(embeddings/s, p50 ms, p99 ms) of translate calls from `clients` threads."""
+    """(embeddings/s, p50 ms, p99 ms, calls made) of translate calls from `clients` threads
+    (the calls include each thread's warm-up call, which the server also served)."""
     x = np.random.default_rng(0).standard_normal((batch, dim)).astype(np.float32)
     latencies: list[float] = []
     stop = time.monotonic() + seconds
@@ -126,7 +128,8 @@ def load(address: str, batch: int, clients: int, seconds: float, dim: int, trito
         t.join()
     wall = time.monotonic() - t0
     lat = np.array(latencies) * 1e3
-    return len(latencies) * batch / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    p50, p99 = np.percentile(lat, [50, 99])
+    return len(latencies) * batch / wall, float(p50), float(p99), len(latencies) + clients
 
 
 def cpu_seconds(pid: int) -> float:
@@ -212,12 +215,10 @@ def main() -> None:
             runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in addresses}
             for r in range(args.rounds):
                 for name in list(addresses)[:: 1 if r % 2 == 0 else -1]:
-                    cpu0, t0 = cpu_seconds(pids[name]), time.monotonic()
-                    thr, p50, p99 = load(
-                        addresses[name], batch, args.clients, args.seconds, d, name == "triton"
-                    )
-                    cpu = (cpu_seconds(pids[name]) - cpu0) / (thr / batch * (time.monotonic() - t0))
-                    runs[name].append((thr, p50, p99, cpu * 1e6))
+                    cpu0 = cpu_seconds(pids[name])
+                    triton_client = name == "triton"
+                    *got, calls = load(addresses[name], batch, args.clients, args.seconds, d, triton_client)
+                    runs[name].append((*got, (cpu_seconds(pids[name]) - cpu0) / calls * 1e6))
             res = {}
             for name, got in runs.items():
                 thr, p50, p99, cpu = res[name] = tuple(np.median(got, axis=0))
