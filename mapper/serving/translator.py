@@ -289,28 +289,24 @@ class Translator:
     def translate_job(self, x: np.ndarray, route: Route) -> Job[tuple[np.ndarray, MapRef]]:
         """A job turning (n, d_source) ``x`` into (n, d_target) float32 in the target's space
         along ``route``; its result names the map used."""
-        m, ref = route
         x = self.translate_input(x, route)
         blocks: list[np.ndarray] = []
 
         def work(i: int, j: int) -> None:
-            try:
-                blocks.append(m.transform(x[i:j]))
-            except EmbeddingError:
-                check_finite(x, "embeddings")
-                raise
+            blocks.append(self.translate_now(x, route, slice(i, j)))
 
         def result() -> tuple[np.ndarray, MapRef]:
             # One block (most requests) is the reply as it is: no copy.
-            return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), ref
+            return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), route.ref
 
-        return Job(x.shape[0], work, result, _block(macs_per_row(m)))
+        return Job(x.shape[0], work, result, _block(macs_per_row(route.map)))
 
-    def translate_now(self, x: np.ndarray, route: Route) -> np.ndarray:
-        """:meth:`translate_job`'s result for ``x`` (from :meth:`translate_input`) small
-        enough to need neither blocks nor stopping: less per-call work for 1-row calls."""
+    def translate_now(self, x: np.ndarray, route: Route, rows: slice | None = None) -> np.ndarray:
+        """``x`` (from :meth:`translate_input`), or its ``rows``, along ``route`` in one go:
+        :meth:`translate_job`'s work for one block, and all of it for a request small enough
+        to need neither blocks nor stopping (less per-call work for 1-row calls)."""
         try:
-            return route.map.transform(x)
+            return route.map.transform(x if rows is None else x[rows])
         except EmbeddingError:
             check_finite(x, "embeddings")  # raises with the request's row numbers
             raise
