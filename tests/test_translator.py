@@ -277,6 +277,18 @@ def test_translate_many_equals_each_request_alone_and_a_nan_fails_only_its_reque
     np.testing.assert_allclose(got[2], alone[1], rtol=1e-5, atol=1e-6)
 
 
+def test_a_nan_is_reported_at_its_row_of_the_request_whatever_the_block(translator):
+    route = translator.route("a", "b")
+    x = X[:60].astype(np.float32)
+    x[40, 3] = np.nan
+    job = translator.translate_job(x, route)
+    job.block = 16  # row 40 is row 8 of the third block
+    with pytest.raises(EmbeddingError, match="row 40"):
+        job.run()
+    with pytest.raises(EmbeddingError, match="row 0"):
+        translator.translate_now(x[40:41], route)
+
+
 def test_concurrent_mid_size_translates_share_products_and_each_gets_its_own_rows(tmp_path):
     """32 x 512 rows are over the inline limit and within one block: such calls waiting for
     a compute thread together are applied as one product (mapper_service/compute.py)."""
