@@ -68,7 +68,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cohort = cohort_rows(pairs.groups, seed=args.seed)
         maps, _ = fit_maps(pairs, tuple(args.kinds), cohort=cohort)
-        res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds)
+        res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds, both_ways=pairs.shared_rows)
         summary[label] = res.summary()
         print(f"{len(models)} models, {pairs.describe()}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"{'kind':<16}{'image pairs':>27}  {'identity pairs':>27}  {'gap':>24}")

@@ -532,6 +532,7 @@ def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> 
         kinds=eval_kinds(cfg.kinds),
         convention=cfg.convention,
         progress=cfg.progress,
+        both_ways=data.pairs.shared_rows,
     )
     return Evaluation(results, protocol, emb_eval, what)
 
@@ -613,15 +614,15 @@ def calibrate_maps(
     pairs: Pairs, maps: dict, cohort: np.ndarray | None
 ) -> tuple[dict[tuple[str, str, str], Calibration], dict[tuple[str, str, str], Calibration]]:
     """({(A, B, kind): Compare's thresholds}, {(A, B, kind): its thresholds scored both ways
-    with the B -> A map, for the kinds scored so}) from out-of-fold scores of the fitting
-    pairs, ``cohort`` their rows set aside as S-norm's (hub legs are served through the hub
-    space, which makes no decisions)."""
+    with the B -> A map, for the kinds scored so, when both maps share their pairs}) from
+    out-of-fold scores of the fitting pairs, ``cohort`` their rows set aside as S-norm's
+    (hub legs are served through the hub space, which makes no decisions)."""
     one_way, two_way = {}, {}
     for (a, b, kind), m in maps.items():
         if kind == "hub":
             continue
         one_way[a, b, kind] = calibrate(m, *pairs.xy(a, b), pairs.groups, cohort=cohort)
-        reverse = reverse_of(maps, a, b, kind)
+        reverse = reverse_of(maps, a, b, kind) if pairs.shared_rows else None
         if reverse is not None:
             two_way[a, b, kind] = calibrate(m, *pairs.xy(a, b), pairs.groups, cohort=cohort, reverse=reverse)
     return one_way, two_way
@@ -669,10 +670,24 @@ def far_section(check: dict) -> str:
         "whom no map saw. Ratio = measured FAR / promised FAR (1 is exact). `<kind>:translate`: "
         "Translate's output under a plain cosine at the target model's own thresholds (set on "
         "the fitting people), what a vendor's matcher does with a migrated gallery; `native`: "
-        "the target's own templates at those thresholds. Tuned maps are scored both ways, with the "
-        "reverse map, at their two-way thresholds (what Compare does when both are served); "
-        "`<kind>:one-way` is the same maps scored one way at their one-way thresholds.\n\n" + far_table(check)
+        f"the target's own templates at those thresholds.{_ways(check)}\n\n" + far_table(check)
     )
+
+
+def _ways(check: dict) -> str:
+    """How the far check scored tuned maps: both ways where their pairs allowed it."""
+    if any(use.endswith(":one-way") for use in check):
+        return (
+            " Tuned maps are scored both ways, with the reverse map, at their two-way thresholds (what "
+            "Compare does when both are served); `<kind>:one-way` is the same maps scored one way at "
+            "their one-way thresholds."
+        )
+    if "tuned" in check:
+        return (
+            " Tuned maps are scored one way: identity pairs made from one set of photos fit the reverse "
+            "map on other photos than a migration has, so both ways would flatter them."
+        )
+    return ""
 
 
 def write(out: Path, files: dict[str, bytes]) -> None:

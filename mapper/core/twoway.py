@@ -8,6 +8,13 @@ models, tuned maps with S-norm, 12 ordered pairs), the average verifies at 0.941
 own distribution, so they get their own thresholds (``mapper.eval.thresholds``), stored in
 the A -> B file with the id and :func:`~mapper.core.mapfile.fingerprint` of the B -> A map
 they were calibrated with: a server scores both ways only while that very map is served.
+
+Both maps must be fitted on one set of pairs, as a deployment fits them. Identity pairs
+simulated from one set of photos (``mapper-train --pairing identity`` on LFW) give the B ->
+A map other photos (B's old half, A's new half), photos A never embeds in a migration:
+averaging it in scored 0.9310 TAR at FAR 1e-3 where the pairs a deployment has give 0.9154
+(four models, llr, docs/guides/pairing.md). Such maps are evaluated and calibrated one way
+(``Pairs.shared_rows``); galleries' identity pairs and image pairs share their rows.
 """
 
 from __future__ import annotations

@@ -148,8 +148,12 @@ def cross_model_eval(
     fars: tuple[float, ...] = SUMMARY_FARS,
     convention: str = "strict",
     progress: bool = True,
+    both_ways: bool = True,
 ) -> CrossModelResults:
-    """Evaluate every ordered pair for every kind whose maps are present in ``maps``."""
+    """Evaluate every ordered pair for every kind whose maps are present in ``maps``.
+    Compare scores both ways where ``maps`` holds the reverse map and ``both_ways`` allows
+    it: pass ``Pairs.shared_rows``, since only a B -> A map fitted on the A -> B map's own
+    pairs is one a deployment has (:mod:`mapper.core.twoway`)."""
     models = list(embeddings)
     kinds = tuple(k for k in kinds if k == "none" or any(key[2] == Scored(k).map_kind for key in maps))
     res = CrossModelResults(models, list(kinds), tuple(fars), convention)
@@ -199,7 +203,7 @@ def cross_model_eval(
             side_b = native[B]
             if compares:
                 m = mapping
-                reverse = reverse_of(maps, A, B, Scored(kind).map_kind)
+                reverse = reverse_of(maps, A, B, Scored(kind).map_kind) if both_ways else None
                 if reverse is not None:
                     back = (templates(reverse.compare_input(embeddings[B]))[1], native[A], reverse)
         tar, auc, curve = score(side_a, side_b, m, back)
