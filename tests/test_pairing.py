@@ -71,9 +71,8 @@ def test_identity_pairs_link_different_photos_of_real_people(lfw_embeddings):
 
 def test_simulated_identity_pairs_are_compared_one_way(lfw_embeddings):
     """From one set of photos the B -> A map's identity pairs are other photos than the A
-    -> B map's (B's old half, A's new half), which no migration has: averaging the two
-    scored 0.9310 TAR at FAR 1e-3 where a deployment gets 0.9154 (docs/guides/pairing.md).
-    So such maps are neither evaluated nor calibrated both ways; image pairs still are."""
+    -> B map's, which no migration has (:mod:`mapper.core.twoway`): such maps are neither
+    evaluated nor calibrated both ways; image pairs still are."""
     names = lfw_embeddings["names"][:800]
     ids = np.array([identity_of(str(n)) for n in names])
     fit = np.isin(ids, np.unique(ids)[::2])

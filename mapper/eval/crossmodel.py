@@ -148,12 +148,12 @@ def cross_model_eval(
     fars: tuple[float, ...] = SUMMARY_FARS,
     convention: str = "strict",
     progress: bool = True,
-    both_ways: bool = True,
+    both_ways: bool = False,
 ) -> CrossModelResults:
     """Evaluate every ordered pair for every kind whose maps are present in ``maps``.
-    Compare scores both ways where ``maps`` holds the reverse map and ``both_ways`` allows
-    it: pass ``Pairs.shared_rows``, since only a B -> A map fitted on the A -> B map's own
-    pairs is one a deployment has (:mod:`mapper.core.twoway`)."""
+    With ``both_ways``, Compare scores both ways where ``maps`` holds the reverse map: pass
+    ``Pairs.shared_rows`` of the maps' fitting pairs, since only a B -> A map fitted on the
+    A -> B map's own pairs is one a deployment has (:mod:`mapper.core.twoway`)."""
     models = list(embeddings)
     kinds = tuple(k for k in kinds if k == "none" or any(key[2] == Scored(k).map_kind for key in maps))
     res = CrossModelResults(models, list(kinds), tuple(fars), convention)

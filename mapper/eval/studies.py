@@ -92,7 +92,13 @@ class FewShot:
                 maps, _ = fit_maps(drawn, fit_kinds, progress=False, cohort=cohort_rows(drawn.groups))
             fitted, scored = _fit_methods(methods, drawn)
             res = cross_model_eval(
-                emb_eval, protocol, {**maps, **fitted}, kinds=(*kinds, *scored), fars=(1e-2,), progress=False
+                emb_eval,
+                protocol,
+                {**maps, **fitted},
+                kinds=(*kinds, *scored),
+                fars=(1e-2,),
+                progress=False,
+                both_ways=drawn.shared_rows,
             )
             curve["identities"].append(int(np.unique(pairs.groups[chosen]).size))
             curve["pairs"].append(int(chosen.sum()))
@@ -293,7 +299,14 @@ def ablation(
         kinds += ["tuned", Scored.compare("tuned")]
         seconds["tuned"] = t
     res = cross_model_eval(
-        emb_eval, protocol, maps, kinds=tuple(kinds), fars=fars, convention=convention, progress=progress
+        emb_eval,
+        protocol,
+        maps,
+        kinds=tuple(kinds),
+        fars=fars,
+        convention=convention,
+        progress=progress,
+        both_ways=pairs.shared_rows,
     )
     off = ~np.eye(len(models), dtype=bool)
     native = {f: np.diag(res.tar[kinds[0]][f]) for f in fars}
