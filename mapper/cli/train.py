@@ -532,7 +532,7 @@ def evaluate(cfg: TrainConfig, data: Split, maps: dict, out: Path, log: Log) -> 
         kinds=eval_kinds(cfg.kinds),
         convention=cfg.convention,
         progress=cfg.progress,
-        both_ways=data.pairs.shared_rows,
+        both_ways=data.fitting_pairs.shared_rows,
     )
     return Evaluation(results, protocol, emb_eval, what)
 
