@@ -23,6 +23,7 @@ from mapper.eval.crossmodel import Scored, cross_model_eval, fit_maps
 from mapper.eval.pairing import gallery_pairs, identity_pairs, image_pairs, old_new_rows
 from mapper.eval.protocols import cross_gallery_pairs, lfw_all_pairs
 from mapper.eval.selection import attach_scoring
+from tools import pairing_gap
 from tools.lfw_galleries import write_lfw_galleries
 
 SFACE, REID = "sface-2021dec-int8bq", "face-reid-retail-0095"
@@ -246,6 +247,24 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
     with pytest.raises(SystemExit, match="unlinked galleries"):
         train.load_config(["--pairing", "none"])
     assert "hub" not in train.load_config(["--pairing", "identity"]).kinds  # the default kinds, less the hub
+
+
+def test_pairing_gap_grows_the_fitting_people_and_keeps_the_evaluation_people(
+    tmp_path, face_zoo, monkeypatch
+):
+    out = tmp_path / "gap.json"
+    argv = ["--models", SFACE, REID, "--kinds", "linear", "--fit-share", "0.9", "--people", "0.4", "1"]
+    monkeypatch.setattr(
+        "sys.argv", ["pairing_gap", *argv, "--plot", str(tmp_path / "gap.png"), "--json", str(out)]
+    )
+    pairing_gap.main()
+    small, full = json.loads(out.read_text())
+    assert (small["share"], full["share"]) == (0.4, 1.0) and (tmp_path / "gap.png").stat().st_size > 0
+    assert small["reenrolled"] < full["reenrolled"] and small["pairs"] < full["pairs"]
+    # the same evaluation people (native is computed the same way on the same photos)
+    assert small["summary"]["image"]["native"] == full["summary"]["image"]["native"]
+    for pairing in ("image", "identity"):  # more people, better maps
+        assert full["summary"][pairing]["linear"]["0.01"] > small["summary"][pairing]["linear"]["0.01"]
 
 
 @given(

@@ -8,6 +8,12 @@ the models (default: the four default models); both are evaluated on all pairs o
 one side mapped. Prints mean TAR at FAR 1e-2 / 1e-3 / 1e-4 per kind and the gaps.
 
     python -m tools.pairing_gap [--models all] [--kinds linear tuned] [--seed 0]
+                                [--fit-share 0.5] [--people 1.0 ...] [--plot gap.png]
+
+``--fit-share`` sets the share of LFW's people on the fitting side (0.5 is
+mapper-train's split). ``--people`` fits on seeded shares of those people (nested: each
+smaller share is part of the larger), the evaluation people unchanged, so several shares
+show how the gap closes as a deployment re-enrols more people; ``--plot`` draws it.
 
 The four default models' embeddings come from the face zoo's ``lfw-embeddings.npz``; any
 other model's are embedded in-process (``--backend local``) into mapper-train's cache,
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +33,7 @@ from mapper.datasets.face_zoo import identity_of, identity_split, lfw_images_dir
 from mapper.eval.crossmodel import Scored, cross_model_eval, fit_maps
 from mapper.eval.pairing import identity_pairs, image_pairs
 from mapper.eval.protocols import lfw_all_pairs
+from mapper.eval.report import people_plot
 from mapper.eval.selection import cohort_rows
 from mapper.faces.cache import EmbeddingCache, embed_images
 from mapper.faces.registry import BUILTIN, DEFAULT_MODELS
@@ -38,7 +46,17 @@ def main() -> None:
     ap.add_argument("--cache", default=".cache/embeddings.sqlite", help="embedding cache (mapper-train's)")
     ap.add_argument("--kinds", nargs="+", default=["linear", "tuned"])
     ap.add_argument("--seed", type=int, default=0, help="identity split and samples (mapper-train's default)")
-    ap.add_argument("--json", help="also write the summary here")
+    ap.add_argument("--fit-share", type=float, default=0.5, help="share of LFW's people on the fitting side")
+    ap.add_argument(
+        "--people",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="SHARE",
+        help="shares of the fitting people fitted on",
+    )
+    ap.add_argument("--plot", type=Path, help="draw TAR against the people fitted on (with several --people)")
+    ap.add_argument("--json", help="also write the summaries here")
     args = ap.parse_args()
     names, emb = load_lfw_embeddings()
     models = [m.name for m in BUILTIN] if args.models == ["all"] else args.models
@@ -54,36 +72,52 @@ def main() -> None:
         keep = np.setdiff1d(np.arange(len(names)), sorted(failed))
         print(f"{len(failed)} photos without a face for some model: left out", flush=True)
         names, emb = names[keep], {m: emb[m][keep] for m in models}
-    fit = identity_split(names, 0.5, args.seed)
     ids = np.array([identity_of(str(n)) for n in names])
-    fitting = {m: emb[m][fit].astype(np.float32) for m in models}
-    identity = identity_pairs(fitting, ids[fit], seed=args.seed)
-    sample = np.sort(np.random.default_rng(args.seed).choice(fit.sum(), len(identity), replace=False))
-    image = image_pairs(fitting, ids[fit]).take(sample)
-    protocol = lfw_all_pairs(names[~fit], seed=args.seed)
-    emb_eval = {m: emb[m][~fit] for m in models}
+    evaluated = ~identity_split(names, args.fit_share, args.seed)
+    protocol = lfw_all_pairs(names[evaluated], seed=args.seed)
+    emb_eval = {m: emb[m][evaluated] for m in models}
+    print(f"{evaluated.sum()} evaluation photos of {np.unique(ids[evaluated]).size} people", flush=True)
+    order = np.random.default_rng(args.seed).permutation(np.unique(ids[~evaluated]))
     kinds = ("none", *args.kinds, *([Scored.compare("tuned")] if "tuned" in args.kinds else []))
-    summary = {}
-    for label, pairs in (("image", image), ("identity", identity)):
-        t0 = time.perf_counter()
-        cohort = cohort_rows(pairs.groups, seed=args.seed)
-        maps, _ = fit_maps(pairs, tuple(args.kinds), cohort=cohort)
-        res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds, both_ways=pairs.shared_rows)
-        summary[label] = res.summary()
-        print(f"{len(models)} models, {pairs.describe()}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"{'kind':<16}{'image pairs':>27}  {'identity pairs':>27}  {'gap':>24}")
-    for kind in summary["image"]:
-        a, b = summary["image"][kind], summary["identity"][kind]
-        row = [" / ".join(f"{d[f]:.4f}" for f in sorted(d, reverse=True)) for d in (a, b)]
-        gap = " / ".join(f"{a[f] - b[f]:.4f}" for f in sorted(a, reverse=True))
-        print(f"{kind:<16}{row[0]:>27}  {row[1]:>27}  {gap:>24}")
+    runs = []
+    for share in args.people:
+        fit = ~evaluated & np.isin(ids, order[: round(share * order.size)])
+        fitting = {m: emb[m][fit].astype(np.float32) for m in models}
+        identity = identity_pairs(fitting, ids[fit], seed=args.seed)
+        sample = np.sort(np.random.default_rng(args.seed).choice(fit.sum(), len(identity), replace=False))
+        image = image_pairs(fitting, ids[fit]).take(sample)
+        summary = {}
+        for label, pairs in (("image", image), ("identity", identity)):
+            t0 = time.perf_counter()
+            cohort = cohort_rows(pairs.groups, seed=args.seed)
+            maps, _ = fit_maps(pairs, tuple(args.kinds), cohort=cohort)
+            res = cross_model_eval(emb_eval, protocol, maps, kinds=kinds, both_ways=pairs.shared_rows)
+            summary[label] = res.summary()
+            print(f"{len(models)} models, {pairs.describe()}: {time.perf_counter() - t0:.0f} s", flush=True)
+        reenrolled = int(np.unique(identity.groups).size)
+        print(f"share {share:g} of {order.size} fitting people: {reenrolled} of them re-enrolled (2+ photos)")
+        print(f"{'kind':<16}{'image pairs':>27}  {'identity pairs':>27}  {'gap':>24}")
+        for kind in summary["image"]:
+            a, b = summary["image"][kind], summary["identity"][kind]
+            row = [" / ".join(f"{d[f]:.4f}" for f in sorted(d, reverse=True)) for d in (a, b)]
+            gap = " / ".join(f"{a[f] - b[f]:.4f}" for f in sorted(a, reverse=True))
+            print(f"{kind:<16}{row[0]:>27}  {row[1]:>27}  {gap:>24}", flush=True)
+        runs.append({"share": share, "reenrolled": reenrolled, "pairs": len(identity), "summary": summary})
+    if args.plot:
+        people_plot(runs, str(kinds[-1]), args.plot)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {
-                    k: {kd: {f"{fa:g}": v for fa, v in d.items()} for kd, d in s.items()}
-                    for k, s in summary.items()
-                },
+                [
+                    {
+                        **run,
+                        "summary": {
+                            k: {kd: {f"{fa:g}": v for fa, v in d.items()} for kd, d in s.items()}
+                            for k, s in run["summary"].items()
+                        },
+                    }
+                    for run in runs
+                ],
                 f,
                 indent=1,
             )

@@ -169,6 +169,29 @@ def pairing_plot(study: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def people_plot(runs: list[dict[str, Any]], kind: str, path: Path) -> None:
+    """One panel per FAR: ``kind``'s mean TAR from image and identity pairs against the
+    re-enrolled people (2+ photos) fitted on, and native. ``runs`` as ``tools.pairing_gap``
+    makes them: ``reenrolled`` and ``summary[pairing][kind][far]`` per run."""
+    people = [run["reenrolled"] for run in runs]
+    fars = sorted(runs[0]["summary"]["image"][kind], reverse=True)
+    fig, axes = plt.subplots(1, len(fars), figsize=(4.2 * len(fars), 3.6), squeeze=False)
+    for ax, far in zip(axes[0], fars, strict=True):
+        for pairing, style in (("image", "o-"), ("identity", "s--")):
+            tar = [run["summary"][pairing][kind][far] for run in runs]
+            ax.plot(people, tar, style, label=f"{pairing} pairs, as many")
+        native = [run["summary"]["image"]["native"][far] for run in runs]
+        ax.plot(people, native, "k:", label="native (B vs B)")
+        ax.set_title(f"FAR {far:g}")
+        ax.set_xlabel("re-enrolled people fitted on")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"mean TAR, {kind}")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("How many re-enrolled people identity pairs need")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def summary_table(res: CrossModelResults) -> str:
     summary = res.summary()
     fars = res.fars
