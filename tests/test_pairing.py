@@ -235,6 +235,8 @@ def test_identity_pairing_on_lfw(tmp_path, face_zoo):
         out / "report.md"
     ).read_text()
     assert study["pairs"] == sorted(study["pairs"]) and set(study["tar"]) == {"image", "identity"}
+    assert len(study["people"]) == len(study["pairs"]) and study["people"] == sorted(study["people"])
+    assert study["people"][-1] < study["pairs"][-1]  # a person with 3+ photos makes 2+ pairs
     assert set(study["compare"]) == {"image", "identity"}  # Compare by llr on the same pairs
     for curve in [*study["tar"].values(), *study["compare"].values()]:
         assert curve["0.01"][-1] > curve["0.01"][0]  # more pairs, better maps: the last point beats the first

@@ -135,7 +135,12 @@ def pairing_study(
     full = {p: make_pairs(p, emb_fit, ids_fit, seed=seed) for p in PAIRINGS}
     most = min(len(pairs) for pairs in full.values())
     counts = [n for n in (100, 250, 500, 1000, 2000, 4000) if n < most] + [most]
-    out: dict[str, Any] = {"kind": kind, "fars": [f"{f:g}" for f in PAIRING_FARS], "pairs": counts}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "fars": [f"{f:g}" for f in PAIRING_FARS],
+        "pairs": counts,
+        "people": [],
+    }
     native = cross_model_eval(emb_eval, protocol, {}, kinds=("none",), fars=PAIRING_FARS, progress=False)
     out["native"] = {f"{f:g}": float(np.nanmean(np.diag(native.tar["none"][f]))) for f in PAIRING_FARS}
     for use in ("tar", "compare"):
@@ -143,6 +148,8 @@ def pairing_study(
     jobs = [(p, n) for p in PAIRINGS for n in counts]
     for pairing, n in tqdm(jobs, desc="pairing study", disable=not progress):
         drawn = full[pairing].take(np.sort(rng.choice(len(full[pairing]), n, replace=False)))
+        if pairing == "identity":  # the re-enrolled people these pairs need
+            out["people"].append(int(np.unique(drawn.groups).size))
         maps, _ = fit_maps(drawn, (kind,), progress=False)
         for (a, b, _), m in maps.items():
             attach_scoring(m, "llr", *drawn.xy(a, b), drawn.groups)
@@ -161,14 +168,15 @@ def pairing_table(study: dict[str, Any], plot: str) -> str:
     fars = study["fars"]
     native = ", ".join(f"{study['native'][f]:.4f} at {f}" for f in fars)
     head = [
-        "| pairs | " + " | ".join(f"image @{f} | identity @{f}" for f in fars) + " |",
+        "| pairs (re-enrolled people) | " + " | ".join(f"image @{f} | identity @{f}" for f in fars) + " |",
         "|---|" + "---|" * (2 * len(fars)),
     ]
     lines = [
         f"Mean cross-model TAR (one side mapped by a `{study['kind']}` map) against the number of fitting "
         "pairs: image pairs join both models' templates of one photo; identity pairs join A's template of "
         "one photo with B's of another photo of the same person, as after a vendor switch when the old "
-        f"model cannot run again. Native (B vs B): {native}.",
+        f"model cannot run again; in brackets, how many people (re-enrolled, in a migration) the identity "
+        f"pairs come from. Native (B vs B): {native}.",
         "",
         f"![pairing study]({plot})",
     ]
@@ -178,7 +186,7 @@ def pairing_table(study: dict[str, Any], plot: str) -> str:
             cells = " | ".join(
                 f"{study[use]['image'][f][k]:.4f} | {study[use]['identity'][f][k]:.4f}" for f in fars
             )
-            lines.append(f"| {n} | {cells} |")
+            lines.append(f"| {n} ({study['people'][k]}) | {cells} |")
     return "\n".join(lines)
 
 
