@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,49 +148,56 @@ def fewshot_plot(curve: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def pairing_plot(study: dict[str, Any], path: Path) -> None:
-    """One panel per FAR: mean TAR against fitting pairs, image and identity pairs, the
-    maps' output under a cosine and Compare by llr, native."""
-    fars = study["fars"]
+def _far_panels(
+    fars: list[Any], draw: Callable[[Any, Any], None], ylabel: str, title: str, path: Path
+) -> None:
+    """One panel per FAR, ``draw(ax, far)`` filling each; the first keeps the legend."""
     fig, axes = plt.subplots(1, len(fars), figsize=(4.2 * len(fars), 3.6), squeeze=False)
     for ax, far in zip(axes[0], fars, strict=True):
+        draw(ax, far)
+        ax.set_title(f"FAR {far}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def pairing_plot(study: dict[str, Any], path: Path) -> None:
+    """Mean TAR against fitting pairs, image and identity pairs, the maps' output under a
+    cosine and Compare by llr, native."""
+
+    def draw(ax: Any, far: str) -> None:
         for (use, how), colour in ((("tar", "cosine"), "C0"), (("compare", "Compare, llr"), "C1")):
             for pairing, style in (("image", "o-"), ("identity", "s--")):
                 label = f"{pairing} pairs, {how}"
                 ax.plot(study["pairs"], study[use][pairing][far], style, color=colour, label=label)
         ax.axhline(study["native"][far], color="k", ls=":", lw=1, label="native (B vs B)")
         ax.set_xscale("log")
-        ax.set_title(f"FAR {far}")
         ax.set_xlabel("fitting pairs")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"mean TAR, {study['kind']} maps")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Image pairs against identity pairs (two photos of a person)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+
+    title = "Image pairs against identity pairs (two photos of a person)"
+    _far_panels(study["fars"], draw, f"mean TAR, {study['kind']} maps", title, path)
 
 
 def people_plot(runs: list[dict[str, Any]], kind: str, path: Path) -> None:
-    """One panel per FAR: ``kind``'s mean TAR from image and identity pairs against the
-    re-enrolled people (2+ photos) fitted on, and native. ``runs`` as ``tools.pairing_gap``
-    makes them: ``reenrolled`` and ``summary[pairing][kind][far]`` per run."""
+    """``kind``'s mean TAR from image and identity pairs against the re-enrolled people (2+
+    photos) fitted on, and native. ``runs`` as ``tools.pairing_gap`` makes them:
+    ``reenrolled`` and ``summary[pairing][kind][far]`` per run."""
     people = [run["reenrolled"] for run in runs]
-    fars = sorted(runs[0]["summary"]["image"][kind], reverse=True)
-    fig, axes = plt.subplots(1, len(fars), figsize=(4.2 * len(fars), 3.6), squeeze=False)
-    for ax, far in zip(axes[0], fars, strict=True):
+
+    def draw(ax: Any, far: float) -> None:
         for pairing, style in (("image", "o-"), ("identity", "s--")):
             tar = [run["summary"][pairing][kind][far] for run in runs]
             ax.plot(people, tar, style, label=f"{pairing} pairs, as many")
         native = [run["summary"]["image"]["native"][far] for run in runs]
         ax.plot(people, native, "k:", label="native (B vs B)")
-        ax.set_title(f"FAR {far:g}")
         ax.set_xlabel("re-enrolled people fitted on")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"mean TAR, {kind}")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("How many re-enrolled people identity pairs need")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+
+    fars = sorted(runs[0]["summary"]["image"][kind], reverse=True)
+    title = "How many re-enrolled people identity pairs need"
+    _far_panels(fars, draw, f"mean TAR, {kind}", title, path)
 
 
 def summary_table(res: CrossModelResults) -> str:
