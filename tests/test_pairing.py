@@ -255,7 +255,7 @@ def test_pairing_gap_grows_the_fitting_people_and_keeps_the_evaluation_people(
     tmp_path, face_zoo, monkeypatch
 ):
     out = tmp_path / "gap.json"
-    argv = ["--models", SFACE, REID, "--kinds", "linear", "--fit-share", "0.9", "--people", "0.4", "1"]
+    argv = ["--models", SFACE, REID, "--kinds", "linear", "--fit-fraction", "0.9", "--people", "0.4", "1"]
     monkeypatch.setattr(
         "sys.argv", ["pairing_gap", *argv, "--plot", str(tmp_path / "gap.png"), "--json", str(out)]
     )

@@ -8,9 +8,9 @@ the models (default: the four default models); both are evaluated on all pairs o
 one side mapped. Prints mean TAR at FAR 1e-2 / 1e-3 / 1e-4 per kind and the gaps.
 
     python -m tools.pairing_gap [--models all] [--kinds linear tuned] [--seed 0]
-                                [--fit-share 0.5] [--people 1.0 ...] [--plot gap.png]
+                                [--fit-fraction 0.5] [--people 1.0 ...] [--plot gap.png]
 
-``--fit-share`` sets the share of LFW's people on the fitting side (0.5 is
+``--fit-fraction`` sets the share of LFW's people on the fitting side (0.5 is
 mapper-train's split). ``--people`` fits on seeded shares of those people (nested: each
 smaller share is part of the larger), the evaluation people unchanged, so several shares
 show how the gap closes as a deployment re-enrols more people; ``--plot`` draws it.
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--cache", default=".cache/embeddings.sqlite", help="embedding cache (mapper-train's)")
     ap.add_argument("--kinds", nargs="+", default=["linear", "tuned"])
     ap.add_argument("--seed", type=int, default=0, help="identity split and samples (mapper-train's default)")
-    ap.add_argument("--fit-share", type=float, default=0.5, help="share of LFW's people on the fitting side")
+    ap.add_argument("--fit-fraction", type=float, default=0.5, help="share of LFW's people fitted on")
     ap.add_argument(
         "--people",
         type=float,
@@ -73,7 +73,7 @@ def main() -> None:
         print(f"{len(failed)} photos without a face for some model: left out", flush=True)
         names, emb = names[keep], {m: emb[m][keep] for m in models}
     ids = np.array([identity_of(str(n)) for n in names])
-    evaluated = ~identity_split(names, args.fit_share, args.seed)
+    evaluated = ~identity_split(names, args.fit_fraction, args.seed)
     protocol = lfw_all_pairs(names[evaluated], seed=args.seed)
     emb_eval = {m: emb[m][evaluated] for m in models}
     print(f"{evaluated.sum()} evaluation photos of {np.unique(ids[evaluated]).size} people", flush=True)
